@@ -1,0 +1,309 @@
+"""Turning a task descriptor into records (runs in the workers).
+
+Workers read the bytes themselves: only a ``TaskSpec`` (path, offset, length) crosses the
+process boundary. A range task owns exactly the lines whose first byte lies inside
+``[offset, offset + length)``: it skips the partial line it starts in (unless the byte
+before ``offset`` is a newline) and reads its last line whole even when it runs past the
+range end. Every line is therefore read by exactly one task, whatever the chunk size.
+
+Lines are split on ``b"\\n"`` only (a ``\\r`` right before it is dropped); ``str.splitlines``
+and text-mode universal newlines are never used because they also break on ``\\r``,
+``\\x0c``, ``\\x85``, ``\\u2028``..., which are data here.
+
+This module must stay importable in a bare worker: no config, CLI, progress or store
+imports.
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import csv
+import gzip
+import io
+import json
+import lzma
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from pipeline.models import TaskSpec
+
+BLOCK_SIZE = 1 << 20
+"""Bytes per read; lines are cut out of each block with ``bytes.split``."""
+
+TAIL_READ_SIZE = 64 << 10
+"""First read size past a range's end (doubling up to ``BLOCK_SIZE``): only the rest of
+the last owned line is needed there, which is usually short."""
+
+FORMATS = ("lines", "jsonl", "csv", "bytes")
+LINE_FORMATS = ("lines", "jsonl")
+COMPRESSIONS = ("gz", "bz2", "xz", "zst")
+
+_NO_LIMIT = sys.maxsize
+# Lone surrogates U+DC80..U+DCFF: what the "surrogateescape" handler puts in place of
+# bytes that did not decode. Correctly decoded text never contains them.
+_ESCAPED_BYTES = re.compile("[\udc80-\udcff]")
+
+
+@dataclass
+class ReadCounters:
+    """Per-task counts kept by the reader (mutable; the worker reads them at the end)."""
+
+    records_in: int = 0  # records produced by the reader, malformed ones included
+    malformed: int = 0  # jsonl: blank or not a JSON object; csv: more fields than header
+    undecodable: int = 0  # records with bytes that did not decode (decoded with replace)
+    bytes_read: int = 0  # bytes read from disk (compressed bytes for compressed files)
+
+
+def position_label(fmt: str, task: TaskSpec) -> str:
+    """What the ``position`` yielded by ``iter_records`` means, for error messages."""
+    if fmt == "csv":
+        return "row"
+    if task.compression is not None:
+        return "decompressed byte offset"
+    return "byte offset"
+
+
+def check_encoding(fmt: str, encoding: str) -> None:
+    """Raise ValueError if ``encoding`` is unknown, or cannot be used to split lines.
+
+    Line formats split the raw bytes on ``b"\\n"``, so the encoding must write a newline
+    as that single byte (UTF-16/32 and EBCDIC code pages do not).
+    """
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"unknown encoding {encoding!r}") from None
+    if fmt in LINE_FORMATS and b"\n".decode(encoding, errors="replace") != "\n":
+        raise ValueError(
+            f"encoding {encoding!r} cannot be used with format {fmt!r}: lines are split on "
+            "the byte 0x0A, which this encoding does not use for a newline"
+        )
+
+
+def iter_records(
+    task: TaskSpec,
+    fmt: str,
+    encoding: str,
+    counters: ReadCounters,
+    *,
+    block_size: int = BLOCK_SIZE,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(position, record)`` for every record the task owns, in file order.
+
+    ``position`` is the byte offset of the line's first byte in the (decompressed) stream
+    for ``lines``/``jsonl``, the 1-based data row for ``csv``, and 0 for ``bytes``.
+    Counts go into ``counters`` as reading progresses; ``bytes_read`` is settled when the
+    generator finishes or is closed.
+    """
+    _check_task(task, fmt)
+    check_encoding(fmt, encoding)
+    if block_size < 1:
+        raise ValueError(f"block_size must be at least 1, got {block_size}")
+    # A range that does not start the file begins reading one byte early: that byte says
+    # whether ``offset`` starts a line or is inside one that an earlier task owns.
+    skip_partial = task.compression is None and task.offset > 0
+    read_from = task.offset - 1 if skip_partial else 0
+    with open(task.path, "rb", buffering=0) as raw:
+        if read_from:
+            raw.seek(read_from)
+        start = raw.tell()
+        stream: IO[bytes] = raw if task.compression is None else _decompressed(raw, task)
+        try:
+            if fmt in LINE_FORMATS:
+                limit = _NO_LIMIT if task.end is None else task.end
+                lines = _iter_lines(stream, read_from, skip_partial, limit, block_size)
+                if fmt == "lines":
+                    yield from _line_records(lines, encoding, counters)
+                else:
+                    yield from _jsonl_records(lines, encoding, counters)
+            elif fmt == "csv":
+                yield from _csv_records(stream, encoding, counters)
+            else:
+                data = _read_all(stream, block_size)
+                counters.records_in += 1
+                yield 0, {"path": task.path, "size": len(data), "data": data}
+        finally:
+            counters.bytes_read += raw.tell() - start
+            if stream is not raw:
+                stream.close()
+
+
+def _check_task(task: TaskSpec, fmt: str) -> None:
+    """Reject descriptors the planner must never produce (they would double-read data)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if task.compression is not None and task.compression not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {task.compression!r} for {task.path!r}")
+    if task.length is not None:
+        if task.compression is not None:
+            raise ValueError(f"compressed file {task.path!r} can only be read whole")
+        if fmt not in LINE_FORMATS:
+            raise ValueError(f"format {fmt!r} reads whole files, got a range of {task.path!r}")
+        if task.offset < 0 or task.length < 0:
+            raise ValueError(f"invalid range {task.describe_range()} of {task.path!r}")
+    elif task.offset != 0:
+        raise ValueError(f"whole-file task of {task.path!r} must have offset 0")
+
+
+def _decompressed(raw: IO[bytes], task: TaskSpec) -> IO[bytes]:
+    """A streaming decompressor over ``raw`` (which it does not close)."""
+    if task.compression == "gz":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if task.compression == "bz2":
+        return bz2.BZ2File(raw, mode="rb")
+    if task.compression == "xz":
+        return lzma.LZMAFile(raw, mode="rb")
+    try:
+        import zstandard  # optional extra: pip install 'pipeline[zstd]'
+    except ImportError:
+        raise RuntimeError(
+            f"cannot read {task.path!r}: .zst files need the optional 'zstandard' package "
+            "(pip install 'pipeline[zstd]')"
+        ) from None
+    return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
+
+
+def _iter_lines(
+    stream: IO[bytes], pos: int, skip_partial: bool, limit: int, block_size: int
+) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(start, line)`` for the lines starting before ``limit``, ``\\n`` and a
+    ``\\r`` before it removed.
+
+    ``stream`` is positioned at ``pos``. With ``skip_partial`` the bytes up to and
+    including the first ``\\n`` belong to an earlier task's line and are skipped. Reads
+    stop at ``limit`` unless the last owned line goes on past it.
+    """
+    tail_size = min(TAIL_READ_SIZE, block_size)
+    carry: list[bytes] = []  # pieces of a line not yet terminated by a newline
+    line_start = pos
+    skipping = skip_partial
+    while True:
+        if pos < limit:
+            want = min(block_size, limit - pos)
+        else:
+            want = tail_size
+            tail_size = min(tail_size * 2, block_size)
+        block = stream.read(want)
+        if not block:
+            break
+        block_pos = pos
+        pos += len(block)
+        if skipping:
+            cut = block.find(b"\n")
+            if cut < 0:
+                if pos >= limit:
+                    return  # the next line would start past the range
+                continue
+            skipping = False
+            line_start = block_pos + cut + 1
+            if line_start >= limit:
+                return
+            block = block[cut + 1 :]
+        pieces = block.split(b"\n")
+        if len(pieces) == 1:
+            carry.append(block)  # joined once, when its newline arrives: no quadratic copy
+            continue
+        if carry:
+            carry.append(pieces[0])
+            pieces[0] = b"".join(carry)
+            carry = []
+        tail = pieces.pop()
+        for line in pieces:
+            if line_start >= limit:
+                return
+            yield line_start, (line[:-1] if line.endswith(b"\r") else line)
+            line_start += len(line) + 1
+        if line_start >= limit:
+            return
+        if tail:
+            carry.append(tail)
+    if carry and not skipping and line_start < limit:
+        yield line_start, b"".join(carry)  # last line without a newline; a "\r" is data
+
+
+def _decode(data: bytes, encoding: str, counters: ReadCounters) -> str:
+    """Strict decode, falling back to replacement characters (counted, never fatal)."""
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError:
+        counters.undecodable += 1
+        return data.decode(encoding, errors="replace")
+
+
+def _line_records(
+    lines: Iterator[tuple[int, bytes]], encoding: str, counters: ReadCounters
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    for position, data in lines:
+        counters.records_in += 1
+        yield position, {"line": _decode(data, encoding, counters)}
+
+
+def _jsonl_records(
+    lines: Iterator[tuple[int, bytes]], encoding: str, counters: ReadCounters
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """JSON objects, one per line; blank lines and non-objects are counted and skipped."""
+    for position, data in lines:
+        counters.records_in += 1
+        text = _decode(data, encoding, counters)
+        try:
+            record = json.loads(text)
+        except (ValueError, RecursionError):  # invalid JSON (blank lines included)
+            counters.malformed += 1
+            continue
+        if not isinstance(record, dict):
+            counters.malformed += 1
+            continue
+        yield position, record
+
+
+def _csv_records(
+    stream: IO[bytes], encoding: str, counters: ReadCounters
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows as dicts keyed by the header, streamed.
+
+    Decoding uses ``surrogateescape`` so a bad byte does not stop the stream; a row whose
+    values hold escaped bytes counts once as undecodable and those values are re-decoded
+    with ``errors="replace"`` (what a replacing decoder would have produced). Header
+    names are repaired the same way, without counting. A row with more fields than the
+    header is malformed and skipped; a shorter row keeps ``None`` for the missing fields.
+    Positions are 1-based data rows (the header and blank lines are not rows).
+    """
+    text = io.TextIOWrapper(stream, encoding=encoding, errors="surrogateescape", newline="")
+    try:
+        reader = csv.DictReader(text)
+        row_no = 0
+        try:
+            if reader.fieldnames is not None:
+                reader.fieldnames = [_unescape(name, encoding) for name in reader.fieldnames]
+            for row_no, row in enumerate(reader, 1):
+                counters.records_in += 1
+                if None in row:
+                    counters.malformed += 1
+                    continue
+                if _ESCAPED_BYTES.search("".join(filter(None, row.values()))):
+                    counters.undecodable += 1
+                    row = {key: _unescape(value, encoding) for key, value in row.items()}
+                yield row_no, row
+        except csv.Error as exc:
+            raise ValueError(f"CSV error after data row {row_no}: {exc}") from exc
+    finally:
+        text.detach()  # leave the byte stream open: the caller closes it
+
+
+def _unescape(value: str | None, encoding: str) -> str | None:
+    """Turn surrogate-escaped bytes back into bytes and decode them with replacement."""
+    if value is None or not _ESCAPED_BYTES.search(value):
+        return value
+    return value.encode(encoding, errors="surrogateescape").decode(encoding, errors="replace")
+
+
+def _read_all(stream: IO[bytes], block_size: int) -> bytes:
+    """The whole rest of the stream, read in blocks (decompressors may return short reads)."""
+    blocks: list[bytes] = []
+    while block := stream.read(block_size):
+        blocks.append(block)
+    return b"".join(blocks)

@@ -1,0 +1,353 @@
+"""One run, start to end.
+
+::
+
+    lock ─> discover ─> plan (files x ledger) ─> ledger: tasks pending
+       └─> executor.run(tasks) ──> worker: read range -> steps -> partials + part file
+                 │ on_outcome (main thread, once per task)
+                 ▼
+           ledger.commit_task ─> live stats (Manager dict + Lock) ─> progress
+       └─> outputs from the ledger: records.*, stats.json, report.json ─> unlock
+
+The runner owns every effect that must happen exactly once; workers only write their own
+part file. Signals only set flags here; the executor's loop acts on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.managers import SyncManager
+from pathlib import Path
+from typing import Any
+
+from pipeline import worker
+from pipeline.config import PipelineConfig
+from pipeline.discovery import discover
+from pipeline.errors import ConfigError, ExitCode
+from pipeline.executors import ExecutorOptions, Outcome, make_executor
+from pipeline.executors.process import get_context
+from pipeline.live import LiveStats
+from pipeline.models import InputFile, JobSpec, SkippedInput, TaskSpec
+from pipeline.planning import Plan, make_plan
+from pipeline.reporting import Progress, choose_mode, summary_lines
+from pipeline.store import merge, parts
+from pipeline.store.ledger import Ledger, TaskRow
+from pipeline.store.lock import RunLock
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    full: bool = False
+    progress: str = "auto"
+    quiet: bool = False
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    report: dict[str, Any]
+    stats: dict[str, Any]
+
+
+class StopSignals:
+    """First SIGINT/SIGTERM: stop submitting and drain; a second: stop at once."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+        if len(self.received) == 1:
+            log.warning(
+                "%s received: finishing tasks in flight (send again to stop now)",
+                signal.Signals(signum).name,
+            )
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    @property
+    def exit_code(self) -> int | None:
+        if not self.received:
+            return None
+        return ExitCode.SIGINT if self.received[0] == signal.SIGINT else ExitCode.SIGTERM
+
+
+def job_spec(cfg: PipelineConfig, parts_dir: Path) -> JobSpec:
+    return JobSpec(
+        format=cfg.input.format,
+        encoding=cfg.input.encoding,
+        steps=tuple(cfg.step_specs()),
+        stats=cfg.stat_specs(),
+        write_records=cfg.output.records != "none",
+        parts_dir=str(parts_dir),
+        import_dirs=(str(cfg.base_dir),),
+    )
+
+
+def discover_inputs(cfg: PipelineConfig) -> tuple[list[InputFile], list[SkippedInput]]:
+    files, skipped, unmatched = discover(cfg.input.paths, cfg.input.exclude)
+    if unmatched:
+        log.warning("no file matches %s", ", ".join(repr(p) for p in unmatched))
+    folders = [item.path for item in skipped if item.reason == "skipped: a directory"]
+    for item in skipped:
+        if item.reason != "skipped: a directory":
+            log.warning("%s: %s", item.path, item.reason)
+    if folders:
+        shown = ", ".join(folders[:3]) + (", …" if len(folders) > 3 else "")
+        log.warning(
+            "skipped %d director%s matched by the globs: %s",
+            len(folders),
+            "y" if len(folders) == 1 else "ies",
+            shown,
+        )
+    return files, skipped
+
+
+def rows_by_path(rows: list[TaskRow]) -> dict[str, list[TaskRow]]:
+    grouped: dict[str, list[TaskRow]] = {}
+    for row in rows:
+        grouped.setdefault(row.path, []).append(row)
+    return grouped
+
+
+def plan_run(
+    cfg: PipelineConfig, files: list[InputFile], rows: list[TaskRow], full: bool = False
+) -> Plan:
+    write_records = cfg.output.records != "none"
+    return make_plan(
+        files,
+        rows_by_path(rows),
+        fmt=cfg.input.format,
+        chunk_size=cfg.input.chunk_size,
+        result_key=cfg.result_key(),
+        full=full,
+        parts_dir=str(cfg.output.dir / parts.PARTS_DIR) if write_records else None,
+    )
+
+
+def _range(task: TaskSpec) -> list[int] | None:
+    return None if task.length is None else [task.offset, task.offset + task.length]
+
+
+@dataclass
+class _RunState:
+    """What this run has seen so far: counts for the report and the error budget."""
+
+    done: int = 0
+    failed: int = 0
+    records: int = 0
+    bytes_read: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Run:
+    def __init__(self, cfg: PipelineConfig, options: RunOptions) -> None:
+        self.cfg = cfg
+        self.options = options
+        self.out_dir = cfg.output.dir
+        self.parts_dir = self.out_dir / parts.PARTS_DIR
+        self.state = _RunState()
+        self.signals = StopSignals()
+
+    def execute(self) -> RunResult:
+        if self.cfg.execution.executor == "dask":
+            raise ConfigError(
+                f"{self.cfg.config_path}: execution.executor: 'dask' is not available in "
+                "this version; use 'process' or 'serial'"
+            )
+        files, _ = discover_inputs(self.cfg)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with RunLock(self.out_dir), self.signals:
+            return self._locked(files)
+
+    def _locked(self, files: list[InputFile]) -> RunResult:
+        started = time.time()
+        parts.prepare(str(self.parts_dir))
+        result_key = self.cfg.result_key()
+        ledger = Ledger(self.out_dir)
+        try:
+            plan = plan_run(self.cfg, files, list(ledger.tasks()), self.options.full)
+            run_id = ledger.start_run(self.cfg.name, result_key)
+            ledger.replace_tasks(plan.drop_paths, plan.run, result_key, run_id)
+        finally:
+            ledger.close()
+        log.info(
+            "%s: %d task(s) to run (%s), %d unchanged",
+            self.cfg.name,
+            len(plan.run),
+            _reason_text(plan),
+            len(plan.skip),
+        )
+
+        executor = make_executor(
+            self.cfg.execution.executor,
+            ExecutorOptions(
+                job=job_spec(self.cfg, self.parts_dir),
+                workers=self.cfg.workers_resolved(),
+                submit=self.cfg.execution.submit,
+                start_method=self.cfg.execution.start_method,
+                retries=self.cfg.execution.retries,
+                timeout=self.cfg.execution.timeout,
+                grace=self.cfg.execution.grace,
+            ),
+        )
+        budget = self.cfg.max_failures_for(len(plan.run))
+        manager = self._start_manager() if self.cfg.execution.executor == "process" else None
+        progress = Progress(
+            choose_mode(self.options.progress, self.options.quiet), len(plan.run), plan.run_bytes
+        )
+        # The ledger is opened after the pool's processes exist: no connection crosses a fork.
+        ledger = Ledger(self.out_dir)
+        try:
+            live = self._live_stats(manager)
+            if plan.run:
+                log.info("executor: %s", executor.describe())
+
+            def on_outcome(outcome: Outcome) -> None:
+                self._commit(ledger, live, progress, outcome, run_id)
+
+            def should_stop() -> bool:
+                return bool(self.signals.received) or (
+                    budget is not None and self.state.failed >= budget
+                )
+
+            executor.run(
+                iter(plan.run), on_outcome, should_stop, lambda: len(self.signals.received) > 1
+            )
+            progress.close()
+            return self._finish(ledger, plan, run_id, started, budget)
+        finally:
+            progress.close()
+            ledger.close()
+            if manager is not None:
+                manager.shutdown()
+
+    def _start_manager(self) -> SyncManager:
+        manager = SyncManager(ctx=get_context(self.cfg.execution.start_method))
+        manager.start(initializer=worker.init_manager)
+        return manager
+
+    def _live_stats(self, manager: SyncManager | None) -> LiveStats:
+        if manager is None:
+            return LiveStats({}, threading.Lock(), self.cfg.stat_specs())
+        return LiveStats(manager.dict(), manager.Lock(), self.cfg.stat_specs())
+
+    def _commit(
+        self, ledger: Ledger, live: LiveStats, progress: Progress, outcome: Outcome, run_id: int
+    ) -> None:
+        task, result = outcome.task, outcome.result
+        ledger.commit_task(result, outcome.attempts, run_id)
+        if result.ok:
+            self.state.done += 1
+        else:
+            self.state.failed += 1
+            self.state.failures.append(
+                {
+                    "path": task.path,
+                    "range": _range(task),
+                    "kind": result.error_kind,
+                    "error": result.error,
+                    "attempts": outcome.attempts,
+                }
+            )
+            log.error("task failed: %s", result.error)
+            if result.traceback:
+                log.debug("%s", result.traceback)
+        self.state.records += result.records_in
+        self.state.bytes_read += result.bytes_read
+        live.add(
+            result.ok, result.partials if result.ok else None, result.records_in, result.records_out
+        )
+        progress.advance(task.size if task.length is None else task.length, result.ok)
+
+    def _finish(
+        self, ledger: Ledger, plan: Plan, run_id: int, started: float, budget: int | None
+    ) -> RunResult:
+        rows = list(ledger.tasks())
+        result_key = self.cfg.result_key()
+        done_rows = merge.committed(rows, result_key)
+        stats = merge.merged_stats(self.cfg.stat_specs(), done_rows)
+        merge.write_records(self.out_dir, self.parts_dir, self.cfg.output.records, done_rows)
+        merge.write_json(self.out_dir / merge.STATS_NAME, stats)
+
+        signal_code = self.signals.exit_code
+        if signal_code is not None:
+            status, exit_code = "interrupted", int(signal_code)
+        elif self.state.failed:
+            status, exit_code = "failed", int(ExitCode.TASKS_FAILED)
+        else:
+            status, exit_code = "ok", int(ExitCode.OK)
+        total = len(plan.run) + len(plan.skip)
+        report = {
+            "name": self.cfg.name,
+            "run_id": run_id,
+            "status": status,
+            "exit_code": exit_code,
+            "started": _iso(started),
+            "finished": _iso(time.time()),
+            "config": str(self.cfg.config_path),
+            "tasks": {
+                "total": total,
+                "done": self.state.done,
+                "failed": self.state.failed,
+                "skipped": len(plan.skip),
+                "pending": total - self.state.done - self.state.failed - len(plan.skip),
+            },
+            "records": {
+                "in": sum(r.records_in for r in done_rows),
+                "out": sum(r.records_out for r in done_rows),
+                "malformed": sum(r.malformed for r in done_rows),
+                "undecodable": sum(r.undecodable for r in done_rows),
+            },
+            "run": {
+                "records": self.state.records,
+                "bytes_read": self.state.bytes_read,
+                "duration_s": round(time.time() - started, 3),
+            },
+            "failures": self.state.failures,
+        }
+        if budget is not None and self.state.failed >= budget:
+            report["stopped_by"] = f"max_failures ({budget})"
+        merge.write_json(self.out_dir / merge.REPORT_NAME, report)
+        ledger.finish_run(run_id, status, exit_code, report)
+        parts.remove_unreferenced(str(self.parts_dir), {r.part for r in rows if r.part})
+        if not self.options.quiet:
+            for line in summary_lines(report, stats, str(self.out_dir)):
+                log.info("%s", line)
+        return RunResult(exit_code, report, stats)
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(timestamp))
+
+
+def _reason_text(plan: Plan) -> str:
+    counts = plan.reasons()
+    counts.pop("unchanged", None)
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())) or "nothing new"
+
+
+def run(cfg: PipelineConfig, options: RunOptions) -> RunResult:
+    return Run(cfg, options).execute()
+
+
+def iter_plan_lines(plan: Plan) -> Iterator[str]:
+    for task in sorted((*plan.run, *plan.skip), key=lambda t: (os.fsencode(t.path), t.offset)):
+        yield f"{task.reason:<15} {task.path}  {task.describe_range()}"

@@ -1,0 +1,291 @@
+"""The ledger: one SQLite row per task and per run; the only authority on what is done.
+
+Only the main process's main thread writes it, one short ``BEGIN IMMEDIATE`` transaction
+per committed task. WAL mode keeps every committed transaction across a ``kill -9``.
+Paths are stored as ``os.fsencode`` bytes (BLOB) so names that are not valid UTF-8 work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import StoreError
+from pipeline.models import TaskResult, TaskSpec
+
+LEDGER_NAME = "ledger.sqlite"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    started     REAL NOT NULL,
+    finished    REAL,
+    status      TEXT NOT NULL,
+    exit_code   INTEGER,
+    name        TEXT NOT NULL,
+    result_key  TEXT NOT NULL,
+    report      TEXT
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id     TEXT PRIMARY KEY,
+    path        BLOB NOT NULL,
+    offset      INTEGER NOT NULL,
+    length      INTEGER,
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL,
+    compression TEXT,
+    result_key  TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    run_id      INTEGER,
+    finished    REAL,
+    duration_s  REAL,
+    records_in  INTEGER, records_out INTEGER, malformed INTEGER, undecodable INTEGER,
+    bytes_read  INTEGER,
+    partials    TEXT,
+    part        TEXT,
+    part_size   INTEGER,
+    error_kind  TEXT,
+    error       TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_by_path ON tasks (path, offset);
+"""
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """A task as the ledger remembers it."""
+
+    task_id: str
+    path: str
+    offset: int
+    length: int | None
+    size: int
+    mtime_ns: int
+    compression: str | None
+    result_key: str
+    status: str
+    attempts: int
+    records_in: int
+    records_out: int
+    malformed: int
+    undecodable: int
+    partials: dict[str, Any] | None
+    part: str | None
+    part_size: int
+    error_kind: str | None
+    error: str | None
+
+    def spec(self, reason: str) -> TaskSpec:
+        return TaskSpec(
+            self.task_id,
+            self.path,
+            self.offset,
+            self.length,
+            self.size,
+            self.mtime_ns,
+            self.compression,
+            reason,
+        )
+
+
+_ROW_COLUMNS = (
+    "task_id, path, offset, length, size, mtime_ns, compression, result_key, status, "
+    "attempts, records_in, records_out, malformed, undecodable, partials, part, part_size, "
+    "error_kind, error"
+)
+
+
+def _row(values: tuple[Any, ...]) -> TaskRow:
+    (
+        task_id,
+        path,
+        offset,
+        length,
+        size,
+        mtime_ns,
+        compression,
+        result_key,
+        status,
+        attempts,
+        rin,
+        rout,
+        malformed,
+        undecodable,
+        partials,
+        part,
+        part_size,
+        ekind,
+        error,
+    ) = values
+    return TaskRow(
+        task_id,
+        os.fsdecode(path),
+        offset,
+        length,
+        size,
+        mtime_ns,
+        compression,
+        result_key,
+        status,
+        attempts,
+        rin or 0,
+        rout or 0,
+        malformed or 0,
+        undecodable or 0,
+        json.loads(partials) if partials else None,
+        part,
+        part_size or 0,
+        ekind,
+        error,
+    )
+
+
+class Ledger:
+    """A connection to ``ledger.sqlite``; use from one thread only."""
+
+    def __init__(self, out_dir: Path, *, readonly: bool = False) -> None:
+        self.path = out_dir / LEDGER_NAME
+        try:
+            if readonly:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5.0)
+            else:
+                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            os.chmod(self.path, 0o644) if not readonly else None
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the ledger: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self, sql: str, params: Iterable[Any] = ()) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(sql, tuple(params))
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise StoreError(f"{self.path}: {exc}") from exc
+
+    # --- runs -----------------------------------------------------------------------
+    def start_run(self, name: str, result_key: str) -> int:
+        try:
+            cur = self._db.execute(
+                "INSERT INTO runs (started, status, name, result_key) VALUES (?, 'running', ?, ?)",
+                (time.time(), name, result_key),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, status: str, exit_code: int, report: dict) -> None:
+        self._write(
+            "UPDATE runs SET finished = ?, status = ?, exit_code = ?, report = ? WHERE run_id = ?",
+            (time.time(), status, exit_code, json.dumps(report), run_id),
+        )
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT run_id, started, finished, status, exit_code, report FROM runs "
+            "ORDER BY run_id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            {
+                "run_id": r[0],
+                "started": r[1],
+                "finished": r[2],
+                "status": r[3],
+                "exit_code": r[4],
+                "report": json.loads(r[5]) if r[5] else None,
+            }
+            for r in rows
+        ]
+
+    # --- tasks ----------------------------------------------------------------------
+    def tasks(self) -> Iterator[TaskRow]:
+        """Every task, in the deterministic output order: by path bytes, then offset."""
+        query = f"SELECT {_ROW_COLUMNS} FROM tasks ORDER BY path, offset"
+        for values in self._db.execute(query):
+            yield _row(values)
+
+    def replace_tasks(
+        self, drop_paths: Iterable[str], planned: Iterable[TaskSpec], result_key: str, run_id: int
+    ) -> None:
+        """In one transaction: forget the tasks of changed files, record the new plan as
+        pending (tasks already known keep their attempts)."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "DELETE FROM tasks WHERE path = ?", ((os.fsencode(p),) for p in drop_paths)
+            )
+            self._db.executemany(
+                "INSERT INTO tasks (task_id, path, offset, length, size, mtime_ns, compression,"
+                " result_key, status, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)"
+                " ON CONFLICT(task_id) DO UPDATE SET status = 'pending', run_id = ?",
+                (
+                    (
+                        t.task_id,
+                        os.fsencode(t.path),
+                        t.offset,
+                        t.length,
+                        t.size,
+                        t.mtime_ns,
+                        t.compression,
+                        result_key,
+                        run_id,
+                        run_id,
+                    )
+                    for t in planned
+                ),
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise StoreError(f"{self.path}: {exc}") from exc
+
+    def commit_task(self, result: TaskResult, attempts: int, run_id: int) -> None:
+        """Record a finished task (done or failed) in its own transaction."""
+        status = "done" if result.ok else "failed"
+        self._write(
+            "UPDATE tasks SET status = ?, attempts = ?, run_id = ?, finished = ?, duration_s = ?,"
+            " records_in = ?, records_out = ?, malformed = ?, undecodable = ?, bytes_read = ?,"
+            " partials = ?, part = ?, part_size = ?, error_kind = ?, error = ?"
+            " WHERE task_id = ?",
+            (
+                status,
+                attempts,
+                run_id,
+                time.time(),
+                result.duration_s,
+                result.records_in,
+                result.records_out,
+                result.malformed,
+                result.undecodable,
+                result.bytes_read,
+                json.dumps(result.partials) if result.ok else None,
+                result.part,
+                result.part_size,
+                result.error_kind,
+                result.error,
+                result.task_id,
+            ),
+        )

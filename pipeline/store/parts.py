@@ -1,0 +1,64 @@
+"""Part files: one per task, the records it produced, published atomically by the worker.
+
+The final name is a pure function of the task identity (which covers the input's
+fingerprint and the result-affecting config), so a repeated or zombie attempt can only
+replace a part with identical bytes. Temporary files live in ``parts/.tmp`` on the same
+filesystem, and are removed by the next run if a ``kill -9`` left any.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from pipeline.store.atomic import FILE_MODE, fsync_dir
+
+PARTS_DIR = "parts"
+TMP_DIR = ".tmp"
+
+
+def part_name(task_id: str) -> str:
+    return f"{task_id}.jsonl"
+
+
+@contextlib.contextmanager
+def part_writer(parts_dir: str, task_id: str) -> Iterator[tuple[BinaryIO, str]]:
+    """Yield (file, final name); the part appears under its final name only on success."""
+    name = part_name(task_id)
+    tmp = os.path.join(parts_dir, TMP_DIR, f"{name}.{os.getpid()}")
+    try:
+        with open(tmp, "wb", buffering=1 << 20) as handle:
+            yield handle, name
+            handle.flush()
+            os.fchmod(handle.fileno(), FILE_MODE)
+            os.fsync(handle.fileno())
+        os.replace(tmp, os.path.join(parts_dir, name))
+        fsync_dir(parts_dir)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def prepare(parts_dir: str) -> None:
+    """Create ``parts/`` and ``parts/.tmp``, removing temporary files a crash left behind."""
+    tmp_dir = os.path.join(parts_dir, TMP_DIR)
+    os.makedirs(tmp_dir, exist_ok=True)
+    with os.scandir(tmp_dir) as entries:
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
+def remove_unreferenced(parts_dir: str, referenced: set[str]) -> int:
+    """Delete part files that no ledger row points at (results of replaced tasks)."""
+    removed = 0
+    with os.scandir(parts_dir) as entries:
+        for entry in entries:
+            if entry.is_file() and entry.name.endswith(".jsonl") and entry.name not in referenced:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed

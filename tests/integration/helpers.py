@@ -1,0 +1,109 @@
+"""Helpers for tests that run the CLI as a subprocess on generated data."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 120, env: dict[str, str] | None = None
+) -> CliResult:
+    """``python -m pipeline ARGS`` with a hard time limit."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def write_config(folder: Path, config: dict[str, Any], name: str = "job.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def edge_case_lines(rng: random.Random, n: int) -> bytes:
+    """Access-log-like lines full of edge cases: CRLF, empty lines, multibyte UTF-8,
+    invalid bytes, lone CR / form feed / NEL / LS inside lines, long lines, garbage."""
+    statuses = [200, 200, 200, 301, 304, 404, 500, 503]
+    paths = ["/", "/index.html", "/api/v1/items", "/café/menü", "/日本語/ページ", "/a b"]
+    out = bytearray()
+    for i in range(n):
+        kind = rng.random()
+        if kind < 0.03:
+            out += b"\n"
+            continue
+        if kind < 0.05:
+            out += b"garbage line \xff\xfe not matching\n"
+            continue
+        path = rng.choice(paths)
+        if kind < 0.08:
+            path += "/" + "x" * rng.randint(5000, 20000)  # long line
+        ip = f"10.0.{rng.randint(0, 9)}.{rng.randint(0, 255)}"
+        size = "-" if rng.random() < 0.03 else str(rng.randint(0, 50000))
+        line = (
+            f'{ip} - - [27/Nov/2026:10:{i % 60:02d}:00 +0000] "GET {path} HTTP/1.1" '
+            f'{rng.choice(statuses)} {size} "ref\x0cerer" "agent\r\u2028\x85"'
+        ).encode()
+        if rng.random() < 0.02:
+            line += b" \xc3("  # invalid UTF-8
+        out += line + (b"\r\n" if rng.random() < 0.1 else b"\n")
+    return bytes(out)
+
+
+ACCESS_REGEX = (
+    r'^(?P<ip>\S+) \S+ \S+ \[(?P<ts>[^]]+)\] "(?P<method>\S+) (?P<path>\S+)[^"]*" '
+    r"(?P<status>\d{3}) (?P<bytes>\S+)"
+)
+
+
+def access_config(data: Path, out: Path, **execution: Any) -> dict[str, Any]:
+    return {
+        "name": "edge",
+        "input": {
+            "paths": [str(data / "logs" / "**" / "*.log"), str(data / "logs" / "**" / "*.gz")],
+            "format": "lines",
+            "chunk_size": execution.pop("chunk_size", "8MiB"),
+        },
+        "steps": [
+            {"regex": ACCESS_REGEX},
+            {"types": {"fields": {"status": "int", "bytes": "int"}, "nulls": ["-"]}},
+            {"filter": {"status": {">=": 200}}},
+            {"select": ["ip", "path", "status", "bytes"]},
+        ],
+        "stats": {
+            "requests": {"count": True},
+            "server_errors": {"count": True, "where": {"status": {">=": 500}}},
+            "bytes_sent": {"sum": "bytes"},
+            "mean_bytes": {"mean": "bytes"},
+            "by_status": {"count_by": "status"},
+            "top_paths": {"top": "path", "k": 3},
+            "largest": {"max": "bytes"},
+            "smallest": {"min": "bytes"},
+        },
+        "output": {"dir": str(out), "records": execution.pop("records", "jsonl")},
+        "execution": execution,
+    }
