@@ -46,6 +46,12 @@ class StoreError(PipelineError):
     exit_code = ExitCode.TASKS_FAILED
 
 
+class ExecutionError(PipelineError):
+    """The executor cannot go on (workers keep dying at start-up)."""
+
+    exit_code = ExitCode.TASKS_FAILED
+
+
 class LockHeldError(PipelineError):
     """Another run holds the lock on the output directory."""
 

@@ -29,7 +29,7 @@ from typing import Any
 from pipeline import worker
 from pipeline.config import PipelineConfig
 from pipeline.discovery import discover
-from pipeline.errors import ConfigError, ExitCode
+from pipeline.errors import ConfigError, ExecutionError, ExitCode
 from pipeline.executors import ExecutorOptions, Outcome, make_executor
 from pipeline.executors.process import get_context
 from pipeline.live import LiveStats
@@ -37,6 +37,7 @@ from pipeline.models import InputFile, JobSpec, SkippedInput, TaskSpec
 from pipeline.planning import Plan, make_plan
 from pipeline.reporting import Progress, choose_mode, summary_lines
 from pipeline.store import merge, parts
+from pipeline.store.atomic import remove_temp_files
 from pipeline.store.ledger import Ledger, TaskRow
 from pipeline.store.lock import RunLock
 
@@ -155,6 +156,7 @@ class _RunState:
     records: int = 0
     bytes_read: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
+    fatal: str | None = None  # why the executor gave up, if it did
 
 
 class Run:
@@ -173,13 +175,14 @@ class Run:
                 "this version; use 'process' or 'serial'"
             )
         files, _ = discover_inputs(self.cfg)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         with RunLock(self.out_dir), self.signals:
             return self._locked(files)
 
     def _locked(self, files: list[InputFile]) -> RunResult:
         started = time.time()
         parts.prepare(str(self.parts_dir))
+        remove_temp_files(self.out_dir)  # outputs a kill -9 interrupted mid-write
         result_key = self.cfg.result_key()
         ledger = Ledger(self.out_dir)
         try:
@@ -228,9 +231,16 @@ class Run:
                     budget is not None and self.state.failed >= budget
                 )
 
-            executor.run(
-                iter(plan.run), on_outcome, should_stop, lambda: len(self.signals.received) > 1
-            )
+            try:
+                executor.run(
+                    iter(plan.run),
+                    on_outcome,
+                    should_stop,
+                    lambda: len(self.signals.received) > 1,
+                )
+            except ExecutionError as exc:
+                log.error("%s", exc.message)
+                self.state.fatal = exc.message
             progress.close()
             return self._finish(ledger, plan, run_id, started, budget)
         finally:
@@ -290,7 +300,7 @@ class Run:
         signal_code = self.signals.exit_code
         if signal_code is not None:
             status, exit_code = "interrupted", int(signal_code)
-        elif self.state.failed:
+        elif self.state.failed or self.state.fatal:
             status, exit_code = "failed", int(ExitCode.TASKS_FAILED)
         else:
             status, exit_code = "ok", int(ExitCode.OK)
@@ -325,6 +335,8 @@ class Run:
         }
         if budget is not None and self.state.failed >= budget:
             report["stopped_by"] = f"max_failures ({budget})"
+        if self.state.fatal:
+            report["error"] = self.state.fatal
         merge.write_json(self.out_dir / merge.REPORT_NAME, report)
         ledger.finish_run(run_id, status, exit_code, report)
         parts.remove_unreferenced(str(self.parts_dir), {r.part for r in rows if r.part})

@@ -29,7 +29,7 @@ from typing import Any
 
 from pipeline import aggregates, readers, steps
 from pipeline.models import JobSpec, TaskResult, TaskSpec
-from pipeline.store.parts import part_writer
+from pipeline.store.parts import TMP_DIR, part_writer
 
 PARENT_GONE_EXIT = 70
 
@@ -40,6 +40,28 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
     return str(value)
+
+
+def to_utf8(text: str) -> bytes:
+    """UTF-8 bytes of JSON text. A lone surrogate (a file name that is not valid UTF-8,
+    decoded by ``os.fsdecode``) can only sit inside a JSON string, where backslashreplace
+    writes it as the JSON escape ``\\udcXX``: the output stays valid UTF-8 and valid JSON."""
+    return text.encode("utf-8", "backslashreplace")
+
+
+class FileChangedError(Exception):
+    """The input was modified, truncated or replaced while the run was going."""
+
+
+def check_unchanged(task: TaskSpec) -> None:
+    """Fail the task if its file is not the one that was planned: its results would
+    belong to neither version. The next run plans the file again."""
+    st = os.stat(task.path)
+    if st.st_size != task.size or st.st_mtime_ns != task.mtime_ns:
+        raise FileChangedError(
+            f"changed since the run started (size {task.size} -> {st.st_size}); "
+            "the next run processes it again"
+        )
 
 
 def make_encoder() -> Callable[[Any], str]:
@@ -66,6 +88,7 @@ class TaskRunner:
         result = TaskResult(task.task_id, ok=False, pid=os.getpid())
         position = None
         try:
+            check_unchanged(task)
             state = self.aggregators.new_state()
             add = self.aggregators.add
             chain = self.chain
@@ -83,12 +106,12 @@ class TaskRunner:
                             buffer.append(encode(out))
                         if len(buffer) >= 4096:
                             buffer.append("")
-                            handle.write("\n".join(buffer).encode("utf-8"))
+                            handle.write(to_utf8("\n".join(buffer)))
                             records_out += len(buffer) - 1
                             buffer.clear()
                     if buffer:
                         buffer.append("")
-                        handle.write("\n".join(buffer).encode("utf-8"))
+                        handle.write(to_utf8("\n".join(buffer)))
                         records_out += len(buffer) - 1
                     result.part_size = handle.tell()
                 result.part = name
@@ -99,6 +122,7 @@ class TaskRunner:
                     for out in outs:
                         add(state, out)
                         records_out += 1
+            check_unchanged(task)
             result.partials = self.aggregators.partials(state)
             result.records_out = records_out
             result.malformed = malformed + counters.malformed
@@ -119,6 +143,46 @@ class TaskRunner:
 
 
 _PROCESS: dict[str, Any] = {}
+ANNOUNCE_WIDTH = 80
+
+
+def announcement_path(parts_dir: str, pid: int) -> str:
+    return os.path.join(parts_dir, TMP_DIR, f"worker-{pid}")
+
+
+class Announcer:
+    """Tells the supervisor which task this worker is running, and since when, without
+    any cross-process lock (a lock held by a killed worker would never be released):
+    one fixed-width record rewritten in place with ``pwrite`` at each task start and end."""
+
+    def __init__(self, parts_dir: str) -> None:
+        path = announcement_path(parts_dir, os.getpid())
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self.idle()
+
+    def _write(self, text: str) -> None:
+        os.pwrite(self._fd, text.ljust(ANNOUNCE_WIDTH).encode("ascii"), 0)
+
+    def busy(self, task_id: str) -> None:
+        self._write(f"busy {task_id} {time.time():.3f}")
+
+    def idle(self) -> None:
+        self._write("idle")
+
+
+def read_announcement(parts_dir: str, pid: int) -> tuple[str, float] | None:
+    """(task id, start time) of the task ``pid`` is running, or None when idle/unknown."""
+    try:
+        with open(announcement_path(parts_dir, pid), "rb") as handle:
+            fields = handle.read(ANNOUNCE_WIDTH).decode("ascii", "replace").split()
+    except OSError:
+        return None
+    if len(fields) != 3 or fields[0] != "busy":
+        return None
+    try:
+        return fields[1], float(fields[2])
+    except ValueError:
+        return None
 
 
 def _exit_when_parent_dies() -> None:
@@ -140,6 +204,7 @@ def init_worker(job: JobSpec) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     watch_parent()
     try:
+        _PROCESS["announcer"] = Announcer(job.parts_dir)
         _PROCESS["runner"] = TaskRunner(job)
     except BaseException as exc:
         _PROCESS["error"] = f"{type(exc).__name__}: {exc}"
@@ -157,7 +222,12 @@ def run_task(task: TaskSpec) -> TaskResult:
             error_kind="error",
             error=f"{task.path}: cannot start the worker: {error}",
         )
-    return runner.run(task)
+    announcer: Announcer = _PROCESS["announcer"]
+    announcer.busy(task.task_id)
+    try:
+        return runner.run(task)
+    finally:
+        announcer.idle()
 
 
 def init_manager() -> None:

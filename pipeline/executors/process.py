@@ -1,57 +1,74 @@
 """Tasks on a ``multiprocessing.Pool``, inside a supervisor loop that never blocks
 without a deadline.
 
-Data flow (the callback is on the Pool's result thread; everything else on ours)::
+Data flow (the callback runs on the Pool's result thread; everything else on ours)::
 
-    tasks ──> _Schedule (window of 2 x workers, retries first)
-                 │ submit: apply_async(run_task, callback)      │ submit: imap_unordered(feed)
-                 ▼                                              ▼
-            worker processes: run_task(TaskSpec) -> TaskResult
-                 │ callback / error_callback: results.put(...)  │ it.next(timeout=tick)
-                 ▼                                              ▼
-            supervisor loop (main thread): retry or on_outcome(...)
+    tasks ──> _Schedule (window of 2 x workers; retries and requeued tasks first)
+       │ async: apply_async(run_task, callback)   │ imap: imap_unordered(feed)
+       ▼                                          ▼
+    worker processes: announce(task) -> run_task(TaskSpec) -> TaskResult
+       │ callback / error_callback: results.put   │ it.next(timeout=tick)
+       ▼                                          ▼
+    supervisor loop (main thread): on_outcome or retry; every tick: _Watch.inspect()
+
+The stdlib Pool loses a task whose worker dies (its result never comes), and a worker
+killed while holding a queue lock can wedge the whole pool. So the supervisor watches the
+pool's processes: when one dies, or runs a task past ``timeout`` (then it is killed), the
+whole pool is abandoned (``terminate`` in a daemon thread, survivors killed by pid), the
+task that worker had announced is charged one attempt (or recorded as ``crashed`` /
+``timeout`` once its retries are spent), and every other task in flight is resubmitted to
+a fresh pool with its attempt count unchanged.
 
 Callbacks only put a tuple on a ``queue.SimpleQueue``: they cannot raise, so they can
-never kill the Pool's result thread. Shutdown never trusts ``Pool.terminate()`` to return:
-it runs in a daemon thread and any worker still alive after a grace is killed by pid.
+never kill the Pool's result thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.pool
 import queue
+import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline import worker
+from pipeline.errors import ExecutionError
 from pipeline.executors.base import ExecutorOptions, OnOutcome, Outcome, StopCheck
 from pipeline.models import TaskResult, TaskSpec
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.2
+TICK_S = 0.1
 JOIN_GRACE_S = 5.0
+MAX_BARREN_POOLS = 3  # pools in a row that died before finishing any task
 
 
 def get_context(start_method: str) -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context(None if start_method == "auto" else start_method)
 
 
-def abandon_pool(pool: multiprocessing.pool.Pool, grace: float = 2.0) -> None:
+def _pool_processes(pool: multiprocessing.pool.Pool) -> list[Any]:
+    return list(getattr(pool, "_pool", []))
+
+
+def abandon_pool(pool: multiprocessing.pool.Pool, grace: float = 1.0) -> None:
     """Stop a pool for sure: ``terminate()`` can block for ever (a worker killed while
     holding a queue lock), so it runs in a daemon thread and survivors are killed by pid."""
-    processes = list(getattr(pool, "_pool", []))
+    processes = _pool_processes(pool)
     stopper = threading.Thread(target=pool.terminate, name="abandon-pool", daemon=True)
     stopper.start()
     stopper.join(grace)
-    for process in processes:
-        if process.is_alive():
-            process.kill()
+    for process in [*processes, *_pool_processes(pool)]:
+        if process.exitcode is None:
+            with contextlib.suppress(OSError):
+                process.kill()
     for process in processes:
         process.join(1.0)
 
@@ -71,6 +88,26 @@ def error_result(task: TaskSpec, kind: str, message: str) -> TaskResult:
     return TaskResult(task.task_id, ok=False, error_kind=kind, error=f"{task.path}: {message}")
 
 
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "was lost"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Why a pool must be abandoned, and which task (if any) is to blame."""
+
+    kind: str  # crashed | timeout
+    task_id: str | None
+    message: str
+
+
 class _Schedule:
     """Which task goes next, what is in flight, and when the work is over. Thread-safe:
     under ``imap`` the Pool's task thread pulls from it while the main thread retires."""
@@ -83,12 +120,16 @@ class _Schedule:
         self.window = window
         self.retries = retries
         self.stopping = False
+        self.completed = 0
         self._changed = threading.Condition()
 
-    def take(self) -> tuple[TaskSpec, int] | None:
-        """The next task to submit now, or None when the window is full or nothing is left."""
+    def take(self, alive: Callable[[], bool] | None = None) -> tuple[TaskSpec, int] | None:
+        """The next task to submit now, or None when the window is full or nothing is left
+        (or, for a feeder, when ``alive`` says its pool is being abandoned)."""
         with self._changed:
             if self.stopping or len(self.in_flight) >= self.window:
+                return None
+            if alive is not None and not alive():
                 return None
             if self._retry:
                 task, attempt = self._retry.popleft()
@@ -106,7 +147,7 @@ class _Schedule:
     def take_blocking(self, alive: Callable[[], bool]) -> tuple[TaskSpec, int] | None:
         """For ``imap``'s feeder: wait for room; None means the feed is over."""
         while alive():
-            item = self.take()
+            item = self.take(alive)
             if item is not None:
                 return item
             with self._changed:
@@ -122,6 +163,7 @@ class _Schedule:
             self._changed.notify_all()
             if entry is None:
                 return None  # a late result of a task already retired
+            self.completed += 1
             task, attempt = entry
             if result.ok or attempt > self.retries or self.stopping:
                 return Outcome(task, result, attempt)
@@ -135,13 +177,89 @@ class _Schedule:
             self._retry.append((task, attempt + 1))
             return None
 
+    def requeue(self, fault: Fault) -> Outcome | None:
+        """The pool is gone: everything in flight goes round again, first in line; the
+        blamed task is charged an attempt, or fails once its retries are spent."""
+        with self._changed:
+            outcome = None
+            entries = list(self.in_flight.values())
+            self.in_flight.clear()
+            self._changed.notify_all()
+            if self.stopping:
+                return None  # they stay pending in the ledger; the next run resumes them
+            for task, attempt in reversed(entries):
+                if task.task_id == fault.task_id:
+                    if attempt > self.retries:
+                        result = error_result(task, fault.kind, fault.message)
+                        outcome = Outcome(task, result, attempt)
+                        continue
+                    log.warning(
+                        "%s (%s): %s; retrying (attempt %d)",
+                        task.path,
+                        task.describe_range(),
+                        fault.message,
+                        attempt + 1,
+                    )
+                    attempt += 1
+                self._retry.appendleft((task, attempt))
+            self._changed.notify_all()
+            return outcome
+
     def stop(self) -> None:
         with self._changed:
             self.stopping = True
+            self._retry.clear()
             self._changed.notify_all()
 
     def finished(self) -> bool:
         return not self.in_flight and (self.stopping or (self._exhausted and not self._retry))
+
+
+class _Watch:
+    """The supervisor's eyes on one pool: worker deaths and overdue tasks."""
+
+    def __init__(
+        self, pool: multiprocessing.pool.Pool, parts_dir: str, timeout: float | None
+    ) -> None:
+        self.pool = pool
+        self.parts_dir = parts_dir
+        self.timeout = timeout
+        # Every worker exists once Pool() returns; a pid that disappears later has died.
+        self.known: dict[int, Any] = {p.pid: p for p in _pool_processes(pool) if p.pid}
+        self.next_check = 0.0
+
+    def inspect(self) -> Fault | None:
+        now = time.monotonic()
+        if now < self.next_check:
+            return None
+        self.next_check = now + TICK_S
+        current = _pool_processes(self.pool)
+        for process in current:
+            if process.pid is not None:
+                self.known.setdefault(process.pid, process)
+        alive_pids = {p.pid for p in current}
+        for pid, process in list(self.known.items()):
+            if pid in alive_pids and process.exitcode is None:
+                continue
+            # Gone: the Pool already reaped it, or it has exited and is about to be.
+            del self.known[pid]
+            announced = worker.read_announcement(self.parts_dir, pid)
+            message = f"the worker process (pid {pid}) {describe_exit(process.exitcode)}"
+            return Fault("crashed", announced[0] if announced else None, message)
+        if self.timeout is not None:
+            wall = time.time()
+            for pid, process in self.known.items():
+                announced = worker.read_announcement(self.parts_dir, pid)
+                if announced and wall - announced[1] > self.timeout:
+                    with contextlib.suppress(OSError):
+                        process.kill()
+                    return Fault(
+                        "timeout",
+                        announced[0],
+                        f"task ran longer than the timeout ({self.timeout:g}s); "
+                        f"its worker (pid {pid}) was killed",
+                    )
+        return None
 
 
 class ProcessExecutor:
@@ -168,51 +286,71 @@ class ProcessExecutor:
         stop_now: StopCheck,
     ) -> None:
         schedule = _Schedule(tasks, 2 * self.options.workers, self.options.retries)
-        pool = self._new_pool()
-        try:
-            if self.options.submit == "imap":
-                self._run_imap(pool, schedule, on_outcome, should_stop, stop_now)
-            else:
-                self._run_async(pool, schedule, on_outcome, should_stop, stop_now)
-        except BaseException:
+        stop_deadline: list[float] = []
+        barren = 0
+        while True:
+            pool = self._new_pool()
+            watch = _Watch(pool, self.options.job.parts_dir, self.options.timeout)
+            completed_before = schedule.completed
+            try:
+                drive = self._drive_imap if self.options.submit == "imap" else self._drive_async
+                fault = drive(
+                    pool, watch, schedule, on_outcome, should_stop, stop_now, stop_deadline
+                )
+            except BaseException:
+                abandon_pool(pool)
+                raise
+            if fault is None:
+                if schedule.in_flight:  # stopped with work in flight: do not wait for it
+                    abandon_pool(pool)
+                else:
+                    close_pool(pool)
+                return
+            log.warning("%s; restarting the worker pool", fault.message)
             abandon_pool(pool)
-            raise
-        if stop_now():
-            abandon_pool(pool)
-        else:
-            close_pool(pool)
+            outcome = schedule.requeue(fault)
+            if outcome is not None:
+                on_outcome(outcome)
+            barren = 0 if schedule.completed > completed_before or fault.task_id else barren + 1
+            if barren >= MAX_BARREN_POOLS:
+                raise ExecutionError(
+                    f"worker processes keep dying before finishing any task ({fault.message}); "
+                    "is a plugin crashing the interpreter at import?"
+                )
 
-    def _supervise(
+    def _between_results(
         self,
+        watch: _Watch,
         schedule: _Schedule,
         should_stop: StopCheck,
         stop_now: StopCheck,
         stop_deadline: list[float],
-    ) -> bool:
-        """Between results: note a stop request; True means abandon the in-flight work."""
+    ) -> Fault | bool:
+        """True: stop now, abandoning work in flight; a Fault: the pool must go."""
         if should_stop() and not schedule.stopping:
             schedule.stop()
             stop_deadline.append(time.monotonic() + self.options.grace)
             if schedule.in_flight:
                 log.warning(
-                    "stopping: waiting up to %.0fs for %d task(s) in flight",
+                    "stopping: waiting up to %gs for %d task(s) in flight",
                     self.options.grace,
                     len(schedule.in_flight),
                 )
-        if stop_now():
+        if stop_now() or (stop_deadline and time.monotonic() > stop_deadline[0]):
             return True
-        return bool(stop_deadline) and time.monotonic() > stop_deadline[0]
+        return watch.inspect() or False
 
-    def _run_async(
+    def _drive_async(
         self,
         pool: multiprocessing.pool.Pool,
+        watch: _Watch,
         schedule: _Schedule,
         on_outcome: OnOutcome,
         should_stop: StopCheck,
         stop_now: StopCheck,
-    ) -> None:
+        stop_deadline: list[float],
+    ) -> Fault | None:
         results: queue.SimpleQueue[tuple[TaskSpec, Any, bool]] = queue.SimpleQueue()
-        stop_deadline: list[float] = []
 
         def submit(task: TaskSpec) -> None:
             pool.apply_async(
@@ -226,28 +364,34 @@ class ProcessExecutor:
             while (item := schedule.take()) is not None:
                 submit(item[0])
             if schedule.finished():
-                return
-            if self._supervise(schedule, should_stop, stop_now, stop_deadline):
-                return
+                return None
+            verdict = self._between_results(watch, schedule, should_stop, stop_now, stop_deadline)
+            if verdict is True:
+                return None
+            if isinstance(verdict, Fault):
+                return verdict
             try:
                 task, value, ok = results.get(timeout=TICK_S)
             except queue.Empty:
                 continue
-            result = (
-                value if ok else error_result(task, "error", f"{type(value).__name__}: {value}")
-            )
+            if ok:
+                result = value
+            else:
+                result = error_result(task, "error", f"{type(value).__name__}: {value}")
             outcome = schedule.retire(result)
             if outcome is not None:
                 on_outcome(outcome)
 
-    def _run_imap(
+    def _drive_imap(
         self,
         pool: multiprocessing.pool.Pool,
+        watch: _Watch,
         schedule: _Schedule,
         on_outcome: OnOutcome,
         should_stop: StopCheck,
         stop_now: StopCheck,
-    ) -> None:
+        stop_deadline: list[float],
+    ) -> Fault | None:
         feeding = threading.Event()
         feeding.set()
 
@@ -255,18 +399,22 @@ class ProcessExecutor:
             while (item := schedule.take_blocking(feeding.is_set)) is not None:
                 yield item[0]
 
-        stop_deadline: list[float] = []
         results = pool.imap_unordered(worker.run_task, feed(), chunksize=1)
         try:
             while True:
-                if self._supervise(schedule, should_stop, stop_now, stop_deadline):
-                    return
+                verdict = self._between_results(
+                    watch, schedule, should_stop, stop_now, stop_deadline
+                )
+                if verdict is True:
+                    return None
+                if isinstance(verdict, Fault):
+                    return verdict
                 try:
                     result = results.next(timeout=TICK_S)
                 except multiprocessing.TimeoutError:
                     continue
                 except StopIteration:
-                    return
+                    return None
                 outcome = schedule.retire(result)
                 if outcome is not None:
                     on_outcome(outcome)

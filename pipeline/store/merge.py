@@ -33,7 +33,8 @@ def committed(rows: Sequence[TaskRow], result_key: str) -> list[TaskRow]:
 
 def write_json(path: Path, value: Any) -> None:
     with atomic_writer(path) as handle:
-        handle.write(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False).encode())
+        text = json.dumps(value, indent=2, ensure_ascii=False)
+        handle.write(text.encode("utf-8", "backslashreplace"))  # lone surrogates -> \\udcXX
         handle.write(b"\n")
 
 
@@ -69,7 +70,7 @@ def _write_csv(target: Path, parts: Sequence[str]) -> None:
                     columns.setdefault(key, None)
     header = list(columns)
     with atomic_writer(target) as out:
-        text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=False)
+        text = io.TextIOWrapper(out, encoding="utf-8", errors="backslashreplace", newline="")
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(header)
         for part in parts:

@@ -45,7 +45,7 @@ def part_writer(parts_dir: str, task_id: str) -> Iterator[tuple[BinaryIO, str]]:
 def prepare(parts_dir: str) -> None:
     """Create ``parts/`` and ``parts/.tmp``, removing temporary files a crash left behind."""
     tmp_dir = os.path.join(parts_dir, TMP_DIR)
-    os.makedirs(tmp_dir, exist_ok=True)
+    os.makedirs(tmp_dir, mode=0o755, exist_ok=True)
     with os.scandir(tmp_dir) as entries:
         for entry in entries:
             with contextlib.suppress(FileNotFoundError):

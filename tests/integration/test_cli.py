@@ -1,0 +1,450 @@
+"""The command line end to end: validate, plan, run (incremental, --full, options),
+report, warnings for odd inputs, logging options, failing plugins, the lock, the entry
+points."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.helpers import REPO, CliResult, run_cli, write_config
+
+pytestmark = pytest.mark.timeout(60)
+
+T = 30  # seconds: bound for every CLI subprocess
+
+LINE_RE = r"^(?P<ip>\S+) (?P<method>\S+) (?P<path>\S+) (?P<status>\d{3}) (?P<bytes>\d+)$"
+STATUSES = (200, 200, 200, 404, 500)
+
+
+def log_lines(tag: int, n: int, start: int = 0) -> str:
+    return "".join(
+        f"10.{tag}.0.{i % 250} GET /p{i % 7} {STATUSES[i % len(STATUSES)]} {i * 3}\n"
+        for i in range(start, start + n)
+    )
+
+
+def expected_stats(*texts: str) -> dict[str, Any]:
+    records = [line.split() for text in texts for line in text.splitlines()]
+    by_status: dict[str, int] = {}
+    for r in records:
+        by_status[r[3]] = by_status.get(r[3], 0) + 1
+    return {
+        "requests": len(records),
+        "bytes": sum(int(r[4]) for r in records),
+        "by_status": dict(sorted(by_status.items())),
+    }
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Path:
+    config: dict[str, Any] = {
+        "name": "clitest",
+        "input": {"paths": ["data/*.log"], "format": "lines", "chunk_size": "2KiB"},
+        "steps": [
+            {"regex": LINE_RE},
+            {"types": {"status": "int", "bytes": "int"}},
+            {"select": ["ip", "path", "status", "bytes"]},
+        ],
+        "stats": {
+            "requests": {"count": True},
+            "bytes": {"sum": "bytes"},
+            "by_status": {"count_by": "status"},
+        },
+        "output": {"dir": "out", "records": "jsonl"},
+        "execution": {"workers": 2, "retries": 0},
+    }
+    for key, value in overrides.items():
+        config[key] = value
+    return write_config(tmp_path, config)
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Path:
+    """data/a.log (several 2 KiB tasks), data/b.log (two), data/c.log (one); the config
+    uses paths relative to its own folder."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.log").write_text(log_lines(1, 300))
+    (data / "b.log").write_text(log_lines(2, 100))
+    (data / "c.log").write_text(log_lines(3, 20))
+    return make_config(tmp_path)
+
+
+def run(config: Path, *args: str, timeout: float = T) -> CliResult:
+    return run_cli("run", str(config), "--progress", "none", *args, cwd=config.parent,
+                   timeout=timeout)
+
+
+def ok(result: CliResult) -> CliResult:
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def load(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` with its bytes (None for folders)."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def plan_rows(config: Path, *args: str) -> list[tuple[str, str]]:
+    """``(reason, file name)`` per task line of ``pipeline plan``."""
+    result = ok(run_cli("plan", str(config), *args, cwd=config.parent, timeout=T))
+    rows = []
+    for line in result.stdout.splitlines():
+        reason, path = line.split()[:2]
+        rows.append((reason, Path(path).name))
+    assert rows, result.stdout
+    return rows
+
+
+def data_text(tmp_path: Path, *names: str) -> list[str]:
+    return [(tmp_path / "data" / name).read_text() for name in names]
+
+
+# --- validate ------------------------------------------------------------------------
+
+
+def test_validate_prints_resolved_config_and_writes_nothing(tmp_path: Path, job: Path) -> None:
+    # A FIFO matching the glob: reading any input would block until the timeout.
+    os.mkfifo(tmp_path / "data" / "pipe.log")
+    before = snapshot(tmp_path)
+    result = ok(run_cli("validate", str(job), cwd=tmp_path, timeout=T))
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["name"] == "clitest"
+    assert resolved["input"]["paths"] == [str(tmp_path / "data" / "*.log")]
+    assert resolved["input"]["chunk_size"] == 2048
+    assert resolved["output"] == {"dir": str(tmp_path / "out"), "records": "jsonl"}
+    assert resolved["execution"]["workers"] == 2
+    assert resolved["steps"][0]["regex"]["pattern"] == LINE_RE
+    assert resolved["stats"]["requests"] == {"count": True}
+    assert not (tmp_path / "out").exists()
+    assert snapshot(tmp_path) == before
+
+
+# --- plan ----------------------------------------------------------------------------
+
+
+def test_plan_on_a_fresh_store_lists_new_tasks_and_writes_nothing(
+    tmp_path: Path, job: Path
+) -> None:
+    before = snapshot(tmp_path)
+    rows = plan_rows(job)
+    assert {reason for reason, _ in rows} == {"new"}
+    names = [name for _, name in rows]
+    assert set(names) == {"a.log", "b.log", "c.log"}
+    assert names.count("a.log") > 1  # 2 KiB chunks: a.log is split
+    assert names.count("c.log") == 1
+    assert not (tmp_path / "out").exists()
+    assert snapshot(tmp_path) == before
+
+
+def test_plan_reasons_follow_the_store(tmp_path: Path, job: Path) -> None:
+    ok(run(job))
+    report = load(tmp_path / "out" / "report.json")
+    store = snapshot(tmp_path / "out")
+
+    rows = plan_rows(job)
+    assert len(rows) == report["tasks"]["total"]
+    assert {reason for reason, _ in rows} == {"unchanged"}
+    assert snapshot(tmp_path / "out") == store  # plan writes nothing into the store
+
+    with (tmp_path / "data" / "b.log").open("a") as f:
+        f.write(log_lines(2, 5, start=100))
+    rows = plan_rows(job)
+    assert {reason for reason, name in rows if name == "b.log"} == {"changed"}
+    assert {reason for reason, name in rows if name != "b.log"} == {"unchanged"}
+
+    rows = plan_rows(job, "--set", "steps.2.select=[ip, status]")
+    assert {reason for reason, _ in rows} == {"config-changed"}
+    assert snapshot(tmp_path / "out") == store
+
+
+# --- run: incremental, --full ------------------------------------------------------------
+
+
+def test_second_run_with_nothing_changed_runs_nothing(tmp_path: Path, job: Path) -> None:
+    out = tmp_path / "out"
+    ok(run(job))
+    first = load(out / "report.json")
+    records = (out / "records.jsonl").read_bytes()
+    stats = load(out / "stats.json")
+    assert stats == expected_stats(*data_text(tmp_path, "a.log", "b.log", "c.log"))
+    assert first["tasks"]["done"] == first["tasks"]["total"] > 3
+
+    ok(run(job))
+    second = load(out / "report.json")
+    assert second["tasks"]["total"] == first["tasks"]["total"]
+    assert second["tasks"]["skipped"] == second["tasks"]["total"]
+    assert second["tasks"]["done"] == second["tasks"]["failed"] == 0
+    assert second["run"]["records"] == 0
+    assert second["records"] == first["records"]
+    assert (out / "records.jsonl").read_bytes() == records
+    assert load(out / "stats.json") == stats
+
+
+def test_appended_lines_equal_a_fresh_full_run(tmp_path: Path, job: Path) -> None:
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    ok(run(job))
+    with (tmp_path / "data" / "a.log").open("a") as f:
+        f.write(log_lines(1, 40, start=300))
+    ok(run(job))
+    report = load(out / "report.json")
+    assert report["tasks"]["done"] > 0 and report["tasks"]["skipped"] > 0
+
+    ok(run(job, "--full", "--set", f"output.dir={fresh}"))
+    assert (out / "records.jsonl").read_bytes() == (fresh / "records.jsonl").read_bytes()
+    assert load(out / "stats.json") == load(fresh / "stats.json")
+    assert report["records"] == load(fresh / "report.json")["records"]
+    # and no double counting: the stats are those of the current files
+    assert load(out / "stats.json") == expected_stats(
+        *data_text(tmp_path, "a.log", "b.log", "c.log")
+    )
+    n_lines = sum(t.count("\n") for t in data_text(tmp_path, "a.log", "b.log", "c.log"))
+    assert len((out / "records.jsonl").read_bytes().splitlines()) == n_lines
+
+
+def test_full_recomputes_everything(tmp_path: Path, job: Path) -> None:
+    out = tmp_path / "out"
+    ok(run(job))
+    records = (out / "records.jsonl").read_bytes()
+    ok(run(job, "--full"))
+    report = load(out / "report.json")
+    assert report["tasks"]["done"] == report["tasks"]["total"] > 0
+    assert report["tasks"]["skipped"] == 0
+    assert (out / "records.jsonl").read_bytes() == records
+    assert load(out / "stats.json") == expected_stats(
+        *data_text(tmp_path, "a.log", "b.log", "c.log")
+    )
+
+
+# --- report --------------------------------------------------------------------------
+
+
+def test_report_shows_last_run_and_history(tmp_path: Path, job: Path) -> None:
+    ok(run(job))
+    ok(run(job))
+    result = ok(run_cli("report", str(job), cwd=tmp_path, timeout=T))
+    assert re.search(r"last run #\d+: ok \(exit 0\)", result.stdout), result.stdout
+    history = result.stdout.split("history:\n", 1)[1]
+    entries = [line for line in history.splitlines() if line.strip().startswith("#")]
+    assert len(entries) == 2, result.stdout
+    assert all(" ok " in line and "exit 0" in line for line in entries)
+
+    result = ok(run_cli("report", str(job), "--json", cwd=tmp_path, timeout=T))
+    assert json.loads(result.stdout) == load(tmp_path / "out" / "report.json")
+
+
+def test_report_without_a_store_is_a_usage_error(tmp_path: Path, job: Path) -> None:
+    result = run_cli("report", str(job), cwd=tmp_path, timeout=T)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert str(tmp_path / "out") in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# --- options ---------------------------------------------------------------------------
+
+
+def test_worker_count_options(tmp_path: Path, job: Path) -> None:
+    one = ok(run(job, "--workers", "1", "--set", f"output.dir={tmp_path / 'w1'}"))
+    assert "1 workers" in one.stderr, one.stderr
+    two = ok(run(job, "--set", "execution.workers=2", "--set", f"output.dir={tmp_path / 'w2'}"))
+    assert "2 workers" in two.stderr, two.stderr
+    assert load(tmp_path / "w1" / "stats.json") == load(tmp_path / "w2" / "stats.json")
+    assert (tmp_path / "w1" / "records.jsonl").read_bytes() == (
+        tmp_path / "w2" / "records.jsonl"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("setting", "expect"),
+    [
+        ("execution.wrokers=2", r"execution\.wrokers.*did you mean 'workers'"),
+        ("execution.workers=lots", r"execution\.workers"),
+        ("no-equals-sign", r"KEY=VALUE"),
+    ],
+)
+def test_bad_set_exits_2(tmp_path: Path, job: Path, setting: str, expect: str) -> None:
+    result = run(job, "--set", setting)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert re.search(expect, result.stderr), result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_globs_matching_nothing_warn_and_exit_0(tmp_path: Path) -> None:
+    (tmp_path / "incoming").mkdir()
+    config = make_config(
+        tmp_path, input={"paths": ["incoming/*.log", "archive/**/*.gz"], "format": "lines"}
+    )
+    result = ok(run(config))
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning")]
+    assert warnings, result.stderr
+    text = "\n".join(warnings)
+    assert "incoming/*.log" in text and "archive/**/*.gz" in text
+
+
+def test_directory_and_fifo_are_skipped_with_a_warning(tmp_path: Path, job: Path) -> None:
+    (tmp_path / "data" / "folder.log").mkdir()
+    os.mkfifo(tmp_path / "data" / "pipe.log")
+    result = ok(run(job, timeout=30))
+    warnings = "\n".join(line for line in result.stderr.splitlines() if "warning" in line)
+    assert "folder.log" in warnings, result.stderr
+    assert "pipe.log" in warnings, result.stderr
+    assert load(tmp_path / "out" / "stats.json") == expected_stats(
+        *data_text(tmp_path, "a.log", "b.log", "c.log")
+    )
+    assert load(tmp_path / "out" / "report.json")["status"] == "ok"
+
+
+def test_progress_log_quiet_and_log_file(tmp_path: Path, job: Path) -> None:
+    args = ("--set", "execution.workers=1")
+    result = ok(run_cli("run", str(job), "--progress", "log", *args, cwd=tmp_path, timeout=T))
+    assert "clitest: ok" in result.stderr, result.stderr
+    assert re.search(r"tasks: \d+ done, 0 failed", result.stderr), result.stderr
+    assert "requests:" in result.stderr
+
+    result = ok(run_cli("run", str(job), "--full", "--quiet", *args, cwd=tmp_path, timeout=T))
+    assert result.stderr == ""
+    assert load(tmp_path / "out" / "report.json")["tasks"]["done"] > 0  # it did run
+
+    log_file = tmp_path / "run.log"
+    result = ok(
+        run_cli(
+            "run", str(job), "--full", "--quiet", "--log-file", str(log_file), *args,
+            cwd=tmp_path, timeout=T,
+        )
+    )
+    assert result.stderr == ""
+    text = log_file.read_text(encoding="utf-8")
+    assert re.search(r"task\(s\) to run", text), text
+    assert "executor: process (1 workers" in text, text
+
+
+# --- a failing plugin --------------------------------------------------------------------
+
+PLUGIN = '''
+def check(record):
+    if "EXPLODE" in record["line"]:
+        raise ValueError("kaboom in the plugin")
+    return record
+'''
+
+
+def test_failing_call_step_fails_only_its_task(tmp_path: Path, job: Path) -> None:
+    (tmp_path / "boomplug.py").write_text(PLUGIN)
+    bad = tmp_path / "data" / "c.log"
+    head = log_lines(3, 5)
+    bad.write_text(head + "10.3.9.9 EXPLODE /x 200 1\n" + log_lines(3, 5, start=5))
+    config = make_config(
+        tmp_path,
+        steps=[
+            {"call": "boomplug:check"},
+            {"regex": LINE_RE},
+            {"types": {"status": "int", "bytes": "int"}},
+            {"select": ["ip", "path", "status", "bytes"]},
+        ],
+    )
+    result = run(config, "--set", "execution.retries=1")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+    out = tmp_path / "out"
+    report = load(out / "report.json")
+    assert report["status"] == "failed" and report["exit_code"] == 1
+    assert report["tasks"]["failed"] == 1
+    assert report["tasks"]["done"] == report["tasks"]["total"] - 1
+    assert len(report["failures"]) == 1
+    failure = report["failures"][0]
+    assert failure["path"] == str(bad)
+    assert failure["kind"] == "error"
+    assert failure["attempts"] == 2
+    assert "kaboom in the plugin" in failure["error"]
+    assert "ValueError" in failure["error"]
+    assert f"byte offset {len(head.encode())}" in failure["error"], failure["error"]
+    assert "kaboom in the plugin" in result.stderr
+
+    # the other files are committed; nothing of the failed task is
+    assert load(out / "stats.json") == expected_stats(*data_text(tmp_path, "a.log", "b.log"))
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert records and not [r for r in records if r["ip"].startswith("10.3.")]
+    assert report["records"]["in"] == sum(
+        t.count("\n") for t in data_text(tmp_path, "a.log", "b.log")
+    )
+
+    # the next run retries just the failed task (and fails it again)
+    rows = plan_rows(config)
+    assert {reason for reason, name in rows if name == "c.log"} == {"failed-before"}
+    assert {reason for reason, name in rows if name != "c.log"} == {"unchanged"}
+
+
+# --- entry points ----------------------------------------------------------------------
+
+
+def test_python_m_pipeline_help() -> None:
+    result = ok(run_cli("--help", timeout=T))
+    for command in ("run", "validate", "plan", "report"):
+        assert re.search(rf"\b{command}\b", result.stdout), result.stdout
+
+
+def test_console_script_help() -> None:
+    script = REPO / ".venv" / "bin" / "pipeline"
+    assert script.exists(), script
+    proc = subprocess.run(
+        [str(script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=T,
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for command in ("run", "validate", "plan", "report"):
+        assert re.search(rf"\b{command}\b", proc.stdout), proc.stdout
+    proc = subprocess.run(
+        [str(script), "run", "--help"], capture_output=True, text=True, timeout=T, cwd=REPO
+    )
+    assert proc.returncode == 0 and "--workers" in proc.stdout and "--full" in proc.stdout
+
+
+# --- the lock ----------------------------------------------------------------------------
+
+
+def test_second_run_exits_75_while_the_lock_is_held(tmp_path: Path, job: Path) -> None:
+    out = tmp_path / "out"
+    ok(run(job))
+    report_before = (out / "report.json").read_bytes()
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        started = time.monotonic()
+        result = run(job, "--full", timeout=20)
+        elapsed = time.monotonic() - started
+        assert result.returncode == 75, (result.returncode, result.stderr)
+        assert elapsed < 10
+        assert "lock" in result.stderr and str(out) in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) <= 3, result.stderr
+        assert (out / "report.json").read_bytes() == report_before
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    # released: runs again
+    ok(run(job))
+

@@ -1,0 +1,429 @@
+"""Planning: discovered files x ledger rows -> tasks to run (with reasons) and work to skip."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.models import InputFile, TaskSpec
+from pipeline.planning import REASONS, Plan, make_plan, new_tasks, task_id
+from pipeline.store.ledger import TaskRow
+
+KEY = "result-key-1"
+MTIME = 1_700_000_000_000_000_000
+
+
+def row_for(
+    spec: TaskSpec,
+    *,
+    status: str = "done",
+    result_key: str = KEY,
+    part: str | None = "auto",
+    part_size: int = 0,
+    attempts: int = 1,
+) -> TaskRow:
+    return TaskRow(
+        task_id=spec.task_id,
+        path=spec.path,
+        offset=spec.offset,
+        length=spec.length,
+        size=spec.size,
+        mtime_ns=spec.mtime_ns,
+        compression=spec.compression,
+        result_key=result_key,
+        status=status,
+        attempts=attempts,
+        records_in=0,
+        records_out=0,
+        malformed=0,
+        undecodable=0,
+        partials={} if status == "done" else None,
+        part=f"{spec.task_id}.jsonl" if part == "auto" else part,
+        part_size=part_size,
+        error_kind="error" if status == "failed" else None,
+        error="boom" if status == "failed" else None,
+    )
+
+
+def rows_for(
+    file: InputFile, chunk_size: int, fmt: str = "lines", result_key: str = KEY, **kwargs
+) -> list[TaskRow]:
+    """Ledger rows as a completed earlier run over ``file`` would have left them."""
+    return [
+        row_for(spec, result_key=result_key, **kwargs)
+        for spec in new_tasks(file, fmt, chunk_size, result_key, "new")
+    ]
+
+
+def write_parts(parts_dir: Path, rows: list[TaskRow], size: int = 0) -> None:
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        assert row.part is not None
+        (parts_dir / row.part).write_bytes(b"x" * size)
+
+
+def plan(files, rows_by_path, *, parts_dir=None, chunk_size=100, fmt="lines", full=False):
+    return make_plan(
+        files,
+        rows_by_path,
+        fmt=fmt,
+        chunk_size=chunk_size,
+        result_key=KEY,
+        parts_dir=None if parts_dir is None else str(parts_dir),
+        full=full,
+    )
+
+
+# --- task ids --------------------------------------------------------------------------
+
+
+BASE = ("/data/a.log", 0, 100, 1000, MTIME, KEY)
+
+
+def test_task_id_is_stable_and_compact() -> None:
+    first = task_id(*BASE)
+    assert first == task_id(*BASE)
+    assert len(first) == 32
+    int(first, 16)  # hex
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        ("/data/b.log", 0, 100, 1000, MTIME, KEY),
+        ("/data/a.log", 1, 100, 1000, MTIME, KEY),
+        ("/data/a.log", 0, 101, 1000, MTIME, KEY),
+        ("/data/a.log", 0, None, 1000, MTIME, KEY),
+        ("/data/a.log", 0, 100, 1001, MTIME, KEY),
+        ("/data/a.log", 0, 100, 1000, MTIME + 1, KEY),
+        ("/data/a.log", 0, 100, 1000, MTIME, KEY + "x"),
+    ],
+    ids=["path", "offset", "length", "whole-file", "size", "mtime", "result_key"],
+)
+def test_task_id_depends_on_every_part_of_the_identity(changed: tuple) -> None:
+    assert task_id(*changed) != task_id(*BASE)
+
+
+def test_task_id_fields_are_delimited() -> None:
+    # "1" + "10" must not collide with "11" + "0"
+    assert task_id("/a", 1, 10, 5, 0, "k") != task_id("/a", 11, 0, 5, 0, "k")
+    assert task_id("/a1", 0, 1, 5, 0, "k") != task_id("/a", 10, 1, 5, 0, "k")
+
+
+def test_task_id_works_for_paths_that_are_not_utf8() -> None:
+    bad = os.fsdecode(b"/data/bad\xff.log")
+    ident = task_id(bad, 0, None, 1, 1, KEY)
+    assert ident != task_id(os.fsdecode(b"/data/bad\xfe.log"), 0, None, 1, 1, KEY)
+
+
+def test_task_id_is_the_same_in_another_process() -> None:
+    """Ids name part files across runs, so they must not depend on hash randomisation."""
+    code = (
+        "from pipeline.planning import task_id; "
+        f"print(task_id('/data/a.log', 0, 100, 1000, {MTIME}, '{KEY}'))"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    repo = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=repo, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == task_id(*BASE)
+
+
+# --- new_tasks -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["lines", "jsonl"])
+def test_new_tasks_splits_line_formats_by_chunk_size(fmt: str) -> None:
+    file = InputFile("/d/a.log", 1000, MTIME)
+    tasks = new_tasks(file, fmt, 300, KEY, "new")
+    assert len(tasks) == 4  # ceil(1000 / 300)
+    offset = 0
+    for task in tasks:
+        assert task.offset == offset
+        assert task.length is not None and 0 < task.length <= 300
+        offset += task.length
+        assert (task.path, task.size, task.mtime_ns, task.compression, task.reason) == (
+            "/d/a.log",
+            1000,
+            MTIME,
+            None,
+            "new",
+        )
+        assert task.task_id == task_id("/d/a.log", task.offset, task.length, 1000, MTIME, KEY)
+    assert offset == 1000
+    assert len({t.task_id for t in tasks}) == 4
+
+
+def test_new_tasks_small_file_is_one_range() -> None:
+    file = InputFile("/d/a.log", 10, MTIME)
+    (task,) = new_tasks(file, "lines", 1 << 20, KEY, "changed")
+    assert (task.offset, task.length, task.reason) == (0, 10, "changed")
+
+
+def test_new_tasks_empty_file_still_gets_a_task() -> None:
+    (task,) = new_tasks(InputFile("/d/empty.log", 0, MTIME), "lines", 100, KEY, "new")
+    assert (task.offset, task.length) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "compression"),
+    [("csv", None), ("bytes", None), ("lines", "gz"), ("jsonl", "bz2"), ("lines", "xz"),
+     ("jsonl", "zst"), ("csv", "gz")],
+)
+def test_new_tasks_whole_file_for_csv_bytes_and_compressed(fmt: str, compression: str | None):
+    file = InputFile("/d/a.x", 10_000, MTIME, compression)
+    (task,) = new_tasks(file, fmt, 100, KEY, "new")
+    assert (task.offset, task.length, task.compression) == (0, None, compression)
+    assert task.task_id == task_id("/d/a.x", 0, None, 10_000, MTIME, KEY)
+    assert task.describe_range() == "whole file"
+
+
+# --- make_plan: reasons ----------------------------------------------------------------
+
+
+def test_new_file_runs_with_reason_new() -> None:
+    file = InputFile("/d/a.log", 250, MTIME)
+    p = plan([file], {}, chunk_size=100)
+    assert [t.reason for t in p.run] == ["new"] * 3
+    assert p.skip == [] and p.drop_paths == []
+    assert sorted(t.offset for t in p.run) == [0, 84, 167]
+    assert p.run_bytes == 250
+    assert p.reasons() == {"new": 3}
+
+
+def test_unchanged_done_file_is_skipped(tmp_path: Path) -> None:
+    file = InputFile("/d/a.log", 250, MTIME)
+    rows = rows_for(file, 100, part_size=7)
+    write_parts(tmp_path, rows, size=7)
+    p = plan([file], {file.path: rows}, parts_dir=tmp_path)
+    assert p.run == [] and p.drop_paths == []
+    assert [t.task_id for t in p.skip] == [r.task_id for r in rows]
+    assert {t.reason for t in p.skip} == {"unchanged"}
+    assert p.reasons() == {"unchanged": 3}
+    assert p.run_bytes == 0
+
+
+def test_unchanged_without_parts_dir_needs_no_part_file() -> None:
+    file = InputFile("/d/a.log", 50, MTIME)
+    rows = rows_for(file, 100, part=None)
+    p = plan([file], {file.path: rows}, parts_dir=None)
+    assert [t.reason for t in p.skip] == ["unchanged"]
+    assert p.run == []
+
+
+@pytest.mark.parametrize(
+    "now", [InputFile("/d/a.log", 251, MTIME), InputFile("/d/a.log", 250, MTIME + 1)],
+    ids=["size", "mtime"],
+)
+def test_changed_file_is_replaced(tmp_path: Path, now: InputFile) -> None:
+    before = InputFile("/d/a.log", 250, MTIME)
+    rows = rows_for(before, 100)
+    write_parts(tmp_path, rows)
+    p = plan([now], {now.path: rows}, parts_dir=tmp_path)
+    assert p.skip == []
+    assert p.drop_paths == ["/d/a.log"]
+    assert {t.reason for t in p.run} == {"changed"}
+    assert {t.task_id for t in p.run} == {t.task_id for t in new_tasks(now, "lines", 100, KEY, "x")}
+    assert not {t.task_id for t in p.run} & {r.task_id for r in rows}
+    assert all((t.size, t.mtime_ns) == (now.size, now.mtime_ns) for t in p.run)
+
+
+def test_changed_file_is_re_cut_with_the_current_chunk_size(tmp_path: Path) -> None:
+    before = InputFile("/d/a.log", 1000, MTIME)
+    rows = rows_for(before, 1000)  # one task
+    now = InputFile("/d/a.log", 1000, MTIME + 5)
+    p = plan([now], {now.path: rows}, chunk_size=250)
+    assert len(p.run) == 4
+
+
+def test_config_change_replaces_the_file(tmp_path: Path) -> None:
+    file = InputFile("/d/a.log", 250, MTIME)
+    rows = rows_for(file, 100, result_key="old-key")
+    write_parts(tmp_path, rows)
+    p = plan([file], {file.path: rows}, parts_dir=tmp_path)
+    assert p.skip == []
+    assert p.drop_paths == [file.path]
+    assert {t.reason for t in p.run} == {"config-changed"}
+    assert {t.task_id for t in p.run} == {
+        t.task_id for t in new_tasks(file, "lines", 100, KEY, "x")
+    }
+
+
+def test_one_row_under_another_config_replaces_the_whole_file(tmp_path: Path) -> None:
+    file = InputFile("/d/a.log", 250, MTIME)
+    rows = rows_for(file, 100)
+    rows[1] = row_for(new_tasks(file, "lines", 100, "old", "x")[1], result_key="old")
+    write_parts(tmp_path, rows)
+    p = plan([file], {file.path: rows}, parts_dir=tmp_path)
+    assert {t.reason for t in p.run} == {"config-changed"}
+    assert len(p.run) == 3 and p.skip == []
+    assert p.drop_paths == [file.path]
+
+
+def test_failed_task_is_rerun_with_its_old_identity(tmp_path: Path) -> None:
+    file = InputFile("/d/a.log", 250, MTIME)
+    rows = rows_for(file, 100)
+    rows[1] = row_for(new_tasks(file, "lines", 100, KEY, "x")[1], status="failed", part=None)
+    write_parts(tmp_path, [rows[0], rows[2]])
+    p = plan([file], {file.path: rows}, parts_dir=tmp_path)
+    assert [(t.task_id, t.reason) for t in p.run] == [(rows[1].task_id, "failed-before")]
+    assert (p.run[0].offset, p.run[0].length) == (rows[1].offset, rows[1].length)
+    assert sorted(t.task_id for t in p.skip) == sorted([rows[0].task_id, rows[2].task_id])
+    assert p.drop_paths == []  # the file's other results are kept
+
+
+def test_pending_task_is_interrupted(tmp_path: Path) -> None:
+    file = InputFile("/d/a.log", 50, MTIME)
+    rows = rows_for(file, 100, status="pending", part=None)
+    p = plan([file], {file.path: rows}, parts_dir=tmp_path)
+    assert [(t.task_id, t.reason) for t in p.run] == [(rows[0].task_id, "interrupted")]
+    assert p.drop_paths == []
+
+
+def test_done_task_whose_part_is_missing_is_interrupted(tmp_path: Path) -> None:
+    file = InputFile("/d/a.log", 50, MTIME)
+    rows = rows_for(file, 100)
+    p = plan([file], {file.path: rows}, parts_dir=tmp_path)
+    assert [t.reason for t in p.run] == ["interrupted"]
+    assert p.run[0].task_id == rows[0].task_id
+
+
+def test_done_task_whose_part_has_the_wrong_size_is_interrupted(tmp_path: Path) -> None:
+    file = InputFile("/d/a.log", 50, MTIME)
+    rows = rows_for(file, 100, part_size=10)
+    write_parts(tmp_path, rows, size=9)
+    p = plan([file], {file.path: rows}, parts_dir=tmp_path)
+    assert [t.reason for t in p.run] == ["interrupted"]
+    write_parts(tmp_path, rows, size=10)
+    p = plan([file], {file.path: rows}, parts_dir=tmp_path)
+    assert [t.reason for t in p.skip] == ["unchanged"]
+
+
+def test_done_task_without_a_part_name_is_interrupted_when_parts_are_expected(
+    tmp_path: Path,
+) -> None:
+    file = InputFile("/d/a.log", 50, MTIME)
+    rows = rows_for(file, 100, part=None)
+    p = plan([file], {file.path: rows}, parts_dir=tmp_path)
+    assert [t.reason for t in p.run] == ["interrupted"]
+
+
+def test_full_recomputes_everything(tmp_path: Path) -> None:
+    known = InputFile("/d/a.log", 250, MTIME)
+    fresh = InputFile("/d/b.log", 30, MTIME)
+    rows = rows_for(known, 50)  # cut differently before
+    write_parts(tmp_path, rows)
+    p = plan([known, fresh], {known.path: rows}, parts_dir=tmp_path, chunk_size=100, full=True)
+    assert p.skip == []
+    assert {t.reason for t in p.run} == {"full"}
+    assert p.drop_paths == [known.path]
+    assert len([t for t in p.run if t.path == known.path]) == 3  # re-cut at chunk_size
+    assert len([t for t in p.run if t.path == fresh.path]) == 1
+
+
+def test_every_reason_is_a_known_reason(tmp_path: Path) -> None:
+    files = [InputFile(f"/d/{n}.log", 50, MTIME) for n in "abcdefg"]
+    rows = {
+        "/d/b.log": rows_for(files[1], 100, part_size=0),
+        "/d/c.log": rows_for(InputFile("/d/c.log", 49, MTIME), 100),
+        "/d/d.log": rows_for(files[3], 100, result_key="old"),
+        "/d/e.log": rows_for(files[4], 100, status="failed", part=None),
+        "/d/f.log": rows_for(files[5], 100, status="pending", part=None),
+    }
+    write_parts(tmp_path, rows["/d/b.log"])
+    p = plan(files, rows, parts_dir=tmp_path)
+    by_path = {t.path: t.reason for t in (*p.run, *p.skip)}
+    assert by_path == {
+        "/d/a.log": "new",
+        "/d/b.log": "unchanged",
+        "/d/c.log": "changed",
+        "/d/d.log": "config-changed",
+        "/d/e.log": "failed-before",
+        "/d/f.log": "interrupted",
+        "/d/g.log": "new",
+    }
+    assert set(p.reasons()) <= set(REASONS)
+    assert p.drop_paths == ["/d/c.log", "/d/d.log"]
+
+
+# --- chunk_size never invalidates results ----------------------------------------------
+
+
+def test_file_keeps_its_ranges_when_only_chunk_size_changes(tmp_path: Path) -> None:
+    file = InputFile("/d/a.log", 1000, MTIME)
+    rows = rows_for(file, 400)  # 3 ranges
+    write_parts(tmp_path, rows)
+    for chunk_size in (50, 400, 10_000):
+        p = plan([file], {file.path: rows}, parts_dir=tmp_path, chunk_size=chunk_size)
+        assert p.run == [] and p.drop_paths == []
+        assert [(t.task_id, t.offset, t.length) for t in p.skip] == [
+            (r.task_id, r.offset, r.length) for r in rows
+        ]
+
+
+def test_unfinished_task_keeps_its_range_when_chunk_size_changes(tmp_path: Path) -> None:
+    file = InputFile("/d/a.log", 1000, MTIME)
+    rows = rows_for(file, 400)
+    rows[2] = row_for(new_tasks(file, "lines", 400, KEY, "x")[2], status="pending", part=None)
+    write_parts(tmp_path, rows[:2])
+    p = plan([file], {file.path: rows}, parts_dir=tmp_path, chunk_size=10)
+    assert [(t.task_id, t.offset, t.length, t.reason) for t in p.run] == [
+        (rows[2].task_id, rows[2].offset, rows[2].length, "interrupted")
+    ]
+    assert len(p.skip) == 2
+
+
+# --- drop_paths and ordering -----------------------------------------------------------
+
+
+def test_drop_paths_lists_only_replaced_files(tmp_path: Path) -> None:
+    same = InputFile("/d/same.log", 10, MTIME)
+    grown = InputFile("/d/grown.log", 20, MTIME)
+    new = InputFile("/d/new.log", 10, MTIME)
+    rows = {
+        same.path: rows_for(same, 100),
+        grown.path: rows_for(InputFile(grown.path, 10, MTIME), 100),
+        "/d/vanished.log": rows_for(InputFile("/d/vanished.log", 10, MTIME), 100),
+    }
+    write_parts(tmp_path, rows[same.path])
+    p = plan([same, grown, new], rows, parts_dir=tmp_path)
+    # a vanished file is not in the inputs: its results stay (it is not dropped)
+    assert p.drop_paths == [grown.path]
+
+
+def test_run_list_is_sorted_largest_first() -> None:
+    files = [
+        InputFile("/d/small.log", 10, MTIME),
+        InputFile("/d/big.log", 5000, MTIME),  # cut into 300-byte ranges
+        InputFile("/d/mid.log", 700, MTIME),
+        InputFile("/d/z.gz", 900, MTIME, "gz"),  # whole file: weighs its size
+    ]
+    p = make_plan(files, {}, fmt="lines", chunk_size=300, result_key=KEY, parts_dir=None)
+    weights = [t.size if t.length is None else t.length for t in p.run]
+    assert weights == sorted(weights, reverse=True)
+    assert (p.run[0].path, p.run[0].length) == ("/d/z.gz", None)
+    assert p.run[-1].path == "/d/small.log"
+    assert p.run_bytes == 10 + 5000 + 700 + 900
+
+
+def test_run_list_mixes_reused_and_new_tasks_largest_first(tmp_path: Path) -> None:
+    old = InputFile("/d/a.log", 100, MTIME)
+    rows = rows_for(old, 100, status="failed", part=None)
+    files = [old, InputFile("/d/b.log", 1000, MTIME), InputFile("/d/c.log", 50, MTIME)]
+    p = plan(files, {old.path: rows}, parts_dir=tmp_path, chunk_size=10_000)
+    assert [(t.path, t.reason) for t in p.run] == [
+        ("/d/b.log", "new"),
+        ("/d/a.log", "failed-before"),
+        ("/d/c.log", "new"),
+    ]
+
+
+def test_plan_defaults_are_empty() -> None:
+    p = Plan()
+    assert (p.run, p.skip, p.drop_paths, p.run_bytes, p.reasons()) == ([], [], [], 0, {})
