@@ -193,15 +193,23 @@ def _exit_when_parent_dies() -> None:
     os._exit(PARENT_GONE_EXIT)
 
 
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def watch_parent() -> None:
     """End this process as soon as its parent is gone (works under every start method)."""
     threading.Thread(target=_exit_when_parent_dies, name="parent-watch", daemon=True).start()
 
 
 def init_worker(job: JobSpec) -> None:
-    """Pool initializer: must not raise (a raising initializer makes Pool respawn for ever)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """Pool initializer: must not raise (a raising initializer makes Pool respawn for ever).
+
+    SIGINT and SIGTERM are ignored: Ctrl-C and a service manager's SIGTERM reach the whole
+    process group, and stopping is the parent's decision (it lets tasks in flight finish,
+    then SIGKILLs what is left)."""
+    _ignore_stop_signals()
     watch_parent()
     try:
         _PROCESS["announcer"] = Announcer(job.parts_dir)
@@ -233,6 +241,5 @@ def run_task(task: TaskSpec) -> TaskResult:
 def init_manager() -> None:
     """Initializer of the live-stats Manager process: same signal rules as a worker, and
     it too ends when the parent dies (a Manager server never notices that by itself)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _ignore_stop_signals()
     watch_parent()

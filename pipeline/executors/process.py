@@ -58,9 +58,10 @@ def _pool_processes(pool: multiprocessing.pool.Pool) -> list[Any]:
     return list(getattr(pool, "_pool", []))
 
 
-def abandon_pool(pool: multiprocessing.pool.Pool, grace: float = 1.0) -> None:
-    """Stop a pool for sure: ``terminate()`` can block for ever (a worker killed while
-    holding a queue lock), so it runs in a daemon thread and survivors are killed by pid."""
+def abandon_pool(pool: multiprocessing.pool.Pool, grace: float = 0.2) -> None:
+    """Stop a pool for sure. ``terminate()`` can block for ever (a worker killed while
+    holding a queue lock; workers ignore SIGTERM), so it runs in a daemon thread — where it
+    first stops the pool from spawning replacements — and every worker is then SIGKILLed."""
     processes = _pool_processes(pool)
     stopper = threading.Thread(target=pool.terminate, name="abandon-pool", daemon=True)
     stopper.start()
@@ -70,7 +71,8 @@ def abandon_pool(pool: multiprocessing.pool.Pool, grace: float = 1.0) -> None:
             with contextlib.suppress(OSError):
                 process.kill()
     for process in processes:
-        process.join(1.0)
+        process.join(2.0)
+    stopper.join(grace)
 
 
 def close_pool(pool: multiprocessing.pool.Pool, grace: float = JOIN_GRACE_S) -> None:
@@ -306,11 +308,13 @@ class ProcessExecutor:
                 else:
                     close_pool(pool)
                 return
-            log.warning("%s; restarting the worker pool", fault.message)
             abandon_pool(pool)
             outcome = schedule.requeue(fault)
             if outcome is not None:
                 on_outcome(outcome)
+            if schedule.stopping:
+                return
+            log.warning("%s; restarting the worker pool", fault.message)
             barren = 0 if schedule.completed > completed_before or fault.task_id else barren + 1
             if barren >= MAX_BARREN_POOLS:
                 raise ExecutionError(
