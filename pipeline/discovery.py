@@ -1,9 +1,13 @@
 """Input discovery: globs to a deterministic list of regular files.
 
-``glob`` with ``**`` follows directory symlinks, so one file can appear under many paths
-(or endlessly, through a loop); files are deduplicated by (device, inode) and the first
-path in sorted order wins. Directories, FIFOs, sockets and devices are skipped with a
-reason: opening a FIFO would block for ever.
+``glob.glob`` with ``**`` follows directory symlinks without remembering where it has
+been: a symlink loop turns one file into dozens of paths, and two loops make the walk
+exponential. So ``**`` patterns are expanded here by a walk that visits each physical
+directory once (by device and inode), real directories before symlinked ones, in sorted
+order. Files are then deduplicated by (device, inode), the first path in byte order
+winning. Like ``glob``, wildcards do not match names that start with a dot.
+Directories, FIFOs, sockets and devices are skipped with a reason: opening a FIFO would
+block for ever. Unreadable directories are reported, not silently dropped.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import fnmatch
 import glob
 import logging
 import os
+import re
 import stat
 from collections.abc import Sequence
 
@@ -42,6 +47,73 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def _component_regex(component: str) -> str:
+    """A regex for one path component of a glob: ``*``, ``?`` and ``[...]`` never cross
+    a ``/``, and a leading wildcard does not match a leading dot."""
+    out = ["(?!\\.)"] if component[:1] in ("*", "?", "[") else []
+    i = 0
+    while i < len(component):
+        char = component[i]
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[" and (end := component.find("]", i + 2)) != -1:
+            body = component[i + 1 : end]
+            body = "^" + body[1:] if body.startswith("!") else body
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return "".join(out)
+
+
+def _recursive_glob(pattern: str, skipped: list[SkippedInput]) -> list[str]:
+    """Expand a pattern with a ``**`` component, visiting each directory once."""
+    parts = pattern.split("/")
+    fixed: list[str] = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    root = "/" if fixed == [""] else "/".join(fixed) or "."
+    regex_parts = []
+    for part in parts[len(fixed) :]:
+        regex_parts.append("(?:[^/.][^/]*/)*" if part == "**" else _component_regex(part) + "/")
+    tail = "".join(regex_parts)
+    tail = tail[:-1] if tail.endswith("/") else tail + "[^/.][^/]*"
+    prefix = re.escape(root.rstrip("/") + "/") if fixed else ""
+    matcher = re.compile(prefix + tail)
+
+    if not os.path.isdir(root):
+        return []  # like glob: a missing folder simply matches nothing
+
+    def unreadable(exc: OSError) -> None:
+        skipped.append(SkippedInput(exc.filename or root, f"cannot read: {exc.strerror}"))
+
+    hits: list[str] = [root] if parts[-1] == "**" and fixed else []  # as glob: "d/**" has d
+    visited: set[tuple[int, int]] = set()
+    for folder, subdirs, files in os.walk(root, followlinks=True, onerror=unreadable):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            subdirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in visited:
+            subdirs[:] = []
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        subdirs.sort(key=lambda d, f=folder: (os.path.islink(os.path.join(f, d)), d))
+        for name in (*files, *subdirs):
+            path = os.path.join(folder, name)
+            if not fixed:
+                path = os.path.normpath(path)  # "./a/b.log" -> "a/b.log"
+            if matcher.fullmatch(path):
+                hits.append(path)
+    return hits
+
+
 def path_sort_key(path: str) -> bytes:
     """Byte order of the path: deterministic even for names that are not valid UTF-8."""
     return os.fsencode(path)
@@ -53,16 +125,19 @@ def discover(
     """Expand ``patterns`` into files; returns (files, skipped, patterns that matched nothing)."""
     matched: set[str] = set()
     unmatched: list[str] = []
+    files: list[InputFile] = []
+    skipped: list[SkippedInput] = []
     for pattern in patterns:
-        hits = glob.glob(pattern, recursive=True)
+        if "**" in pattern.split("/"):
+            hits = _recursive_glob(pattern, skipped)
+        else:
+            hits = glob.glob(pattern)
         if not hits and os.path.lexists(pattern):
             hits = [pattern]  # a literal name with glob characters in it
         if not hits:
             unmatched.append(pattern)
         matched.update(os.path.normpath(h) for h in hits)
 
-    files: list[InputFile] = []
-    skipped: list[SkippedInput] = []
     seen: set[tuple[int, int]] = set()
     for path in sorted(matched, key=path_sort_key):
         if _excluded(path, exclude):

@@ -340,9 +340,9 @@ class Run:
         merge.write_json(self.out_dir / merge.REPORT_NAME, report)
         ledger.finish_run(run_id, status, exit_code, report)
         parts.remove_unreferenced(str(self.parts_dir), {r.part for r in rows if r.part})
-        if not self.options.quiet:
-            for line in summary_lines(report, stats, str(self.out_dir)):
-                log.info("%s", line)
+        parts.clear_tmp(str(self.parts_dir))  # the workers' announcement files
+        for line in summary_lines(report, stats, str(self.out_dir)):
+            log.info("%s", line)  # on the console unless --quiet; always in --log-file
         return RunResult(exit_code, report, stats)
 
 

@@ -156,7 +156,11 @@ class Ledger:
         self.path = out_dir / LEDGER_NAME
         try:
             if readonly:
-                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                # With no -wal file (no writer, clean close), open it immutable: a plain
+                # read-only connection would leave -wal/-shm files behind.
+                wal = self.path.with_name(self.path.name + "-wal")
+                flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+                uri = f"{self.path.resolve().as_uri()}?{flags}"
                 self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5.0)
             else:
                 self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
@@ -257,10 +261,12 @@ class Ledger:
                 ),
             )
             self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            raise StoreError(f"{self.path}: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: {exc}") from exc
+            raise
 
     def commit_task(self, result: TaskResult, attempts: int, run_id: int) -> None:
         """Record a finished task (done or failed) in its own transaction."""

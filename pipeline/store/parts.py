@@ -44,9 +44,13 @@ def part_writer(parts_dir: str, task_id: str) -> Iterator[tuple[BinaryIO, str]]:
 
 def prepare(parts_dir: str) -> None:
     """Create ``parts/`` and ``parts/.tmp``, removing temporary files a crash left behind."""
-    tmp_dir = os.path.join(parts_dir, TMP_DIR)
-    os.makedirs(tmp_dir, mode=0o755, exist_ok=True)
-    with os.scandir(tmp_dir) as entries:
+    os.makedirs(os.path.join(parts_dir, TMP_DIR), mode=0o755, exist_ok=True)
+    clear_tmp(parts_dir)
+
+
+def clear_tmp(parts_dir: str) -> None:
+    """Empty ``parts/.tmp`` (only when no worker of this store is running)."""
+    with os.scandir(os.path.join(parts_dir, TMP_DIR)) as entries:
         for entry in entries:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)

@@ -69,9 +69,12 @@ CASES: dict[str, Case] = {
         [r"job\.yaml", r"steps\[0\]\.filter", r"=~"],
     ),
     "python-tag": Case(
-        lambda tmp: GOOD_HEAD
-        + GOOD_TAIL
-        + f"execution:\n  workers: !!python/object/apply:os.system ['touch {tmp / 'PWNED'}']\n",
+        lambda tmp: (
+            GOOD_HEAD
+            + GOOD_TAIL
+            + "execution:\n"
+            + f"  workers: !!python/object/apply:os.system ['touch {tmp / 'PWNED'}']\n"
+        ),
         [r"job\.yaml:7:\d+:", r"python/object/apply"],
     ),
     "alias-bomb": Case(lambda _: _alias_bomb(), [r"job\.yaml", r"(?i)alias"]),
@@ -123,8 +126,14 @@ def test_run_rejects_bad_config(tmp_path: Path, case_name: str) -> None:
 
 @pytest.mark.parametrize(
     "case_name",
-    ["yaml-syntax", "unknown-key", "missing-plugin-module", "python-tag", "alias-bomb",
-     "missing-env-var"],
+    [
+        "yaml-syntax",
+        "unknown-key",
+        "missing-plugin-module",
+        "python-tag",
+        "alias-bomb",
+        "missing-env-var",
+    ],
 )
 def test_validate_rejects_bad_config(tmp_path: Path, case_name: str) -> None:
     _check_bad_config(tmp_path, case_name, "validate")
@@ -142,6 +151,7 @@ def test_alias_bomb_is_fast_and_bounded(tmp_path: Path) -> None:
     assert time.monotonic() - started < 10
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
+    assert re.search(r"(?i)alias", result.stderr), result.stderr
     assert not (tmp_path / "out").exists()
 
 

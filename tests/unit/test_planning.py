@@ -173,8 +173,15 @@ def test_new_tasks_empty_file_still_gets_a_task() -> None:
 
 @pytest.mark.parametrize(
     ("fmt", "compression"),
-    [("csv", None), ("bytes", None), ("lines", "gz"), ("jsonl", "bz2"), ("lines", "xz"),
-     ("jsonl", "zst"), ("csv", "gz")],
+    [
+        ("csv", None),
+        ("bytes", None),
+        ("lines", "gz"),
+        ("jsonl", "bz2"),
+        ("lines", "xz"),
+        ("jsonl", "zst"),
+        ("csv", "gz"),
+    ],
 )
 def test_new_tasks_whole_file_for_csv_bytes_and_compressed(fmt: str, compression: str | None):
     file = InputFile("/d/a.x", 10_000, MTIME, compression)
@@ -218,7 +225,8 @@ def test_unchanged_without_parts_dir_needs_no_part_file() -> None:
 
 
 @pytest.mark.parametrize(
-    "now", [InputFile("/d/a.log", 251, MTIME), InputFile("/d/a.log", 250, MTIME + 1)],
+    "now",
+    [InputFile("/d/a.log", 251, MTIME), InputFile("/d/a.log", 250, MTIME + 1)],
     ids=["size", "mtime"],
 )
 def test_changed_file_is_replaced(tmp_path: Path, now: InputFile) -> None:
