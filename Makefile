@@ -24,8 +24,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline tests bench data
-	$(BIN)/ruff format --check pipeline tests bench data
+	$(BIN)/ruff check pipeline tests data configs
+	$(BIN)/ruff format --check pipeline tests data configs
 
 data: $(STAMP)
 	$(BIN)/python data/generate.py --scale 50 --out data/generated
