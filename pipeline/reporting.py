@@ -38,6 +38,7 @@ class Progress:
         self._started = time.monotonic()
         self._last_log = self._started
         self._bars: list[Any] = []
+        self._closed = False
         if mode == "bar" and total_tasks:
             from tqdm import tqdm
 
@@ -96,6 +97,10 @@ class Progress:
         )
 
     def close(self) -> None:
+        """End the bars; in log mode, a last progress line (cron logs show the totals)."""
+        if self.mode == "log" and self.done_tasks and not self._closed:
+            self.log_line()
+        self._closed = True
         for bar in self._bars:
             bar.close()
         self._bars = []

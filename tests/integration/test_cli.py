@@ -345,6 +345,13 @@ def test_progress_log_quiet_and_log_file(tmp_path: Path, job: Path) -> None:
     assert "clitest: ok" in result.stderr, result.stderr
     assert re.search(r"tasks: \d+ done, 0 failed", result.stderr), result.stderr
     assert "requests:" in result.stderr
+    assert re.search(r"progress: (\d+)/\1 tasks \(0 failed\)", result.stderr), result.stderr
+
+    result = ok(
+        run_cli("run", str(job), "--full", "--progress", "bar", *args, cwd=tmp_path, timeout=T)
+    )
+    assert re.search(r"tasks: 100%\|.*\| (\d+)/\1 ", result.stderr), result.stderr
+    assert re.search(r"bytes: 100%\|.*B/s", result.stderr), result.stderr
 
     result = ok(run_cli("run", str(job), "--full", "--quiet", *args, cwd=tmp_path, timeout=T))
     assert result.stderr == ""
