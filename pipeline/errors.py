@@ -46,6 +46,12 @@ class StoreError(PipelineError):
     exit_code = ExitCode.TASKS_FAILED
 
 
+class LedgerCorruptError(StoreError):
+    """The ledger fails SQLite's integrity check; it is never silently recreated."""
+
+    exit_code = ExitCode.USAGE
+
+
 class ExecutionError(PipelineError):
     """The executor cannot go on (workers keep dying at start-up)."""
 

@@ -15,6 +15,9 @@ part file. Signals only set flags here; the executor's loop acts on them.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import logging
 import os
 import signal
@@ -29,7 +32,7 @@ from typing import Any
 from pipeline import worker
 from pipeline.config import PipelineConfig
 from pipeline.discovery import discover
-from pipeline.errors import ConfigError, ExecutionError, ExitCode
+from pipeline.errors import ConfigError, ExecutionError, ExitCode, StoreError
 from pipeline.executors import ExecutorOptions, Outcome, make_executor
 from pipeline.executors.process import get_context
 from pipeline.live import LiveStats
@@ -156,7 +159,8 @@ class _RunState:
     records: int = 0
     bytes_read: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
-    fatal: str | None = None  # why the executor gave up, if it did
+    fatal: str | None = None  # why the run gave up early, if it did
+    disk_full: bool = False
 
 
 class Run:
@@ -227,8 +231,10 @@ class Run:
                 self._commit(ledger, live, progress, outcome, run_id)
 
             def should_stop() -> bool:
-                return bool(self.signals.received) or (
-                    budget is not None and self.state.failed >= budget
+                return (
+                    bool(self.signals.received)
+                    or self.state.disk_full
+                    or (budget is not None and self.state.failed >= budget)
                 )
 
             try:
@@ -250,7 +256,10 @@ class Run:
                 manager.shutdown()
 
     def _start_manager(self) -> SyncManager:
-        manager = SyncManager(ctx=get_context(self.cfg.execution.start_method))
+        # A fresh random key per run: only this run's processes can talk to its Manager.
+        manager = SyncManager(
+            ctx=get_context(self.cfg.execution.start_method), authkey=os.urandom(32)
+        )
         manager.start(initializer=worker.init_manager)
         return manager
 
@@ -278,6 +287,15 @@ class Run:
                 }
             )
             log.error("task failed: %s", result.error)
+            if (
+                result.error
+                and f"[Errno {errno.ENOSPC}]" in result.error
+                and not self.state.disk_full
+            ):
+                # Every later task would fail the same way: stop submitting (fail-stop).
+                self.state.disk_full = True
+                self.state.fatal = f"no space left on device under {self.out_dir}; stopping"
+                log.error("%s", self.state.fatal)
             if result.traceback:
                 log.debug("%s", result.traceback)
         self.state.records += result.records_in
@@ -287,15 +305,34 @@ class Run:
         )
         progress.advance(task.size if task.length is None else task.length, result.ok)
 
+    def _write_outputs(self, ledger: Ledger, done_rows: list[TaskRow], result_key: str) -> dict:
+        """records.* and stats.json from the committed tasks — unless they already show
+        exactly this committed state (a run with nothing new rewrites nothing)."""
+        state = f"{ledger.committed_state(result_key)}:{self.cfg.output.records}"
+        stats_path = self.out_dir / merge.STATS_NAME
+        records_name = merge.RECORDS_NAMES.get(self.cfg.output.records)
+        current = stats_path.exists() and (
+            records_name is None or (self.out_dir / records_name).exists()
+        )
+        if current and ledger.get_meta("outputs_state") == state:
+            with contextlib.suppress(OSError, ValueError):
+                return json.loads(stats_path.read_text(encoding="utf-8"))
+        stats = merge.merged_stats(self.cfg.stat_specs(), done_rows)
+        try:
+            merge.write_records(self.out_dir, self.parts_dir, self.cfg.output.records, done_rows)
+            merge.write_json(stats_path, stats)
+        except OSError as exc:
+            raise StoreError(f"{self.out_dir}: cannot write the outputs: {exc}") from exc
+        ledger.set_meta("outputs_state", state)
+        return stats
+
     def _finish(
         self, ledger: Ledger, plan: Plan, run_id: int, started: float, budget: int | None
     ) -> RunResult:
         rows = list(ledger.tasks())
         result_key = self.cfg.result_key()
         done_rows = merge.committed(rows, result_key)
-        stats = merge.merged_stats(self.cfg.stat_specs(), done_rows)
-        merge.write_records(self.out_dir, self.parts_dir, self.cfg.output.records, done_rows)
-        merge.write_json(self.out_dir / merge.STATS_NAME, stats)
+        stats = self._write_outputs(ledger, done_rows, result_key)
 
         signal_code = self.signals.exit_code
         if signal_code is not None:
@@ -337,7 +374,10 @@ class Run:
             report["stopped_by"] = f"max_failures ({budget})"
         if self.state.fatal:
             report["error"] = self.state.fatal
-        merge.write_json(self.out_dir / merge.REPORT_NAME, report)
+        try:
+            merge.write_json(self.out_dir / merge.REPORT_NAME, report)
+        except OSError as exc:
+            raise StoreError(f"{self.out_dir}: cannot write report.json: {exc}") from exc
         ledger.finish_run(run_id, status, exit_code, report)
         parts.remove_unreferenced(str(self.parts_dir), {r.part for r in rows if r.part})
         parts.clear_tmp(str(self.parts_dir))  # the workers' announcement files

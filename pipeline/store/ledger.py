@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import StoreError
+from pipeline.errors import LedgerCorruptError, StoreError
 from pipeline.models import TaskResult, TaskSpec
 
 LEDGER_NAME = "ledger.sqlite"
@@ -78,11 +78,16 @@ class TaskRow:
     records_out: int
     malformed: int
     undecodable: int
-    partials: dict[str, Any] | None
+    partials_json: str | None
     part: str | None
     part_size: int
     error_kind: str | None
     error: str | None
+
+    @property
+    def partials(self) -> dict[str, Any] | None:
+        """Parsed on demand: planning reads every row but needs no partials."""
+        return json.loads(self.partials_json) if self.partials_json else None
 
     def spec(self, reason: str) -> TaskSpec:
         return TaskSpec(
@@ -141,7 +146,7 @@ def _row(values: tuple[Any, ...]) -> TaskRow:
         rout or 0,
         malformed or 0,
         undecodable or 0,
-        json.loads(partials) if partials else None,
+        partials,
         part,
         part_size or 0,
         ekind,
@@ -164,6 +169,7 @@ class Ledger:
                 self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5.0)
             else:
                 self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+                os.chmod(self.path, 0o644)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
@@ -171,9 +177,16 @@ class Ledger:
                     "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
-            os.chmod(self.path, 0o644) if not readonly else None
+            check = self._db.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerCorruptError(
+                f"{self.path}: the ledger is damaged ({exc}); move it away to start afresh "
+                "(every input will be processed again)"
+            ) from exc
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open the ledger: {exc}") from exc
+        if check and check[0] != "ok":
+            raise LedgerCorruptError(f"{self.path}: the ledger is damaged ({check[0]})")
 
     def close(self) -> None:
         self._db.close()
@@ -222,6 +235,23 @@ class Ledger:
             }
             for r in rows
         ]
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def committed_state(self, result_key: str) -> str:
+        """Changes whenever the set of committed results changes: a task committed, a file's
+        tasks replaced. Lets a run with nothing new skip rebuilding the outputs."""
+        count, last, size = self._db.execute(
+            "SELECT count(*), max(finished), total(part_size) FROM tasks "
+            "WHERE status = 'done' AND result_key = ?",
+            (result_key,),
+        ).fetchone()
+        return f"{result_key}:{count}:{last}:{size}"
 
     # --- tasks ----------------------------------------------------------------------
     def tasks(self) -> Iterator[TaskRow]:

@@ -29,7 +29,8 @@ def part_writer(parts_dir: str, task_id: str) -> Iterator[tuple[BinaryIO, str]]:
     name = part_name(task_id)
     tmp = os.path.join(parts_dir, TMP_DIR, f"{name}.{os.getpid()}")
     try:
-        with open(tmp, "wb", buffering=1 << 20) as handle:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        with open(fd, "wb", buffering=1 << 20) as handle:
             yield handle, name
             handle.flush()
             os.fchmod(handle.fileno(), FILE_MODE)

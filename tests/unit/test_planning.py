@@ -41,7 +41,7 @@ def row_for(
         records_out=0,
         malformed=0,
         undecodable=0,
-        partials={} if status == "done" else None,
+        partials_json="{}" if status == "done" else None,
         part=f"{spec.task_id}.jsonl" if part == "auto" else part,
         part_size=part_size,
         error_kind="error" if status == "failed" else None,

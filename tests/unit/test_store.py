@@ -448,7 +448,7 @@ def trow(
         0,
         0,
         0,
-        partials,
+        None if partials is None else json.dumps(partials),
         part,
         0,
         None,
