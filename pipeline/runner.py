@@ -40,7 +40,7 @@ from pipeline.models import InputFile, JobSpec, SkippedInput, TaskSpec
 from pipeline.planning import Plan, make_plan
 from pipeline.reporting import Progress, choose_mode, summary_lines
 from pipeline.store import merge, parts
-from pipeline.store.atomic import remove_temp_files
+from pipeline.store.atomic import make_dirs, remove_temp_files
 from pipeline.store.ledger import Ledger, TaskRow
 from pipeline.store.lock import RunLock
 
@@ -179,7 +179,7 @@ class Run:
                 "this version; use 'process' or 'serial'"
             )
         files, _ = discover_inputs(self.cfg)
-        self.out_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        make_dirs(self.out_dir)
         with RunLock(self.out_dir), self.signals:
             return self._locked(files)
 

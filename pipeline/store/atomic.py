@@ -16,6 +16,26 @@ FILE_MODE = 0o644
 TMP_PREFIX = ".tmp-"
 
 
+DIR_MODE = 0o755
+
+
+def make_dirs(path: str | os.PathLike[str]) -> None:
+    """``mkdir -p`` where every folder it creates gets 0755 (``os.makedirs`` applies its
+    mode to the last folder only, so with umask 000 the others would be world-writable)."""
+    missing = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, DIR_MODE)
+            os.chmod(folder, DIR_MODE)
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

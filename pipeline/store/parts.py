@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from pipeline.store.atomic import FILE_MODE, fsync_dir
+from pipeline.store.atomic import FILE_MODE, fsync_dir, make_dirs
 
 PARTS_DIR = "parts"
 TMP_DIR = ".tmp"
@@ -45,7 +45,7 @@ def part_writer(parts_dir: str, task_id: str) -> Iterator[tuple[BinaryIO, str]]:
 
 def prepare(parts_dir: str) -> None:
     """Create ``parts/`` and ``parts/.tmp``, removing temporary files a crash left behind."""
-    os.makedirs(os.path.join(parts_dir, TMP_DIR), mode=0o755, exist_ok=True)
+    make_dirs(os.path.join(parts_dir, TMP_DIR))
     clear_tmp(parts_dir)
 
 
