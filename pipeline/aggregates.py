@@ -46,10 +46,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping
+from itertools import compress
 from typing import Any
 
-from pipeline.conditions import compile_condition
+from pipeline.conditions import ColumnCondition, compile_column_condition, compile_condition
 
 KINDS: tuple[str, ...] = ("count", "sum", "min", "max", "mean", "count_by", "top")
 
@@ -75,6 +77,13 @@ class _Count:
     def add_field(self, record: Mapping[str, Any]) -> None:
         if record.get(self.field) is not None:
             self.n += 1
+
+    def add_values(self, values: list[Any]) -> None:
+        """A column of the field's values (or of anything, one per record, without field)."""
+        if self.field is None:
+            self.n += len(values)
+        else:
+            self.n += len(values) - values.count(None)
 
     def partial(self) -> int:
         return self.n
@@ -116,6 +125,21 @@ class _Sum:
             self.n_int += 1
         elif isinstance(value, float):
             self.floats.append(float(value))
+
+    def add_values(self, values: list[Any]) -> None:
+        kinds = set(map(type, values))
+        if kinds <= {int}:
+            self.total_int += sum(values)
+            self.n_int += len(values)
+        elif kinds <= {float}:
+            self.floats.extend(values)
+            if len(self.floats) >= _FOLD_AT:
+                self._fold()
+        else:
+            add = self.add
+            field = self.field
+            for value in values:
+                add({field: value})
 
     def _fold(self) -> None:
         scaled, nonfinite = self.scaled, self.nonfinite
@@ -183,6 +207,17 @@ class _MinMax:
             if self.text is None or self.better(text, self.text):
                 self.text = text
 
+    def add_values(self, values: list[Any]) -> None:
+        if values and set(map(type, values)) <= {int}:  # ints: one comparison
+            best = max(values) if self.better is _greater else min(values)
+            if self.num is None or self.better(best, self.num):
+                self.num = best
+            return
+        add = self.add
+        field = self.field
+        for value in values:
+            add({field: value})
+
     def _offer_num(self, value: float) -> None:
         if value == value and (self.num is None or self.better(value, self.num)):
             self.num = value
@@ -211,6 +246,19 @@ class _CountBy:
             key = value_key(value)
         counts = self.counts
         counts[key] = counts.get(key, 0) + 1
+
+    def add_values(self, values: list[Any]) -> None:
+        kinds = set(map(type, values))
+        if kinds <= {str} or kinds <= {int}:  # 1, 1.0 and True hash alike: never mixed here
+            counts = self.counts
+            for value, n in Counter(values).items():
+                key = value if type(value) is str else str(value)
+                counts[key] = counts.get(key, 0) + n
+            return
+        add = self.add
+        field = self.field
+        for value in values:
+            add({field: value})
 
     def partial(self) -> dict[str, int]:
         return dict(self.counts)
@@ -310,10 +358,12 @@ class Aggregators:
         _check_specs(specs)
         self.specs = {name: dict(spec) for name, spec in specs.items()}
         self._conditions: dict[str, Callable[[Mapping[str, Any]], bool] | None] = {}
+        self._column_filters: dict[str, ColumnCondition | None] = {}
         for name, spec in self.specs.items():
             where = spec.get("where")
             try:
                 self._conditions[name] = compile_condition(where) if where else None
+                self._column_filters[name] = compile_column_condition(where) if where else None
             except ValueError as exc:
                 raise ValueError(f"stat {name!r}: where: {exc}") from exc
 
@@ -345,6 +395,24 @@ class Aggregators:
     def add(self, state: _State, record: Mapping[str, Any]) -> None:
         for add in state.adders:
             add(record)
+
+    def add_columns(self, state: _State, columns: Mapping[str, list[Any]], rows: int) -> None:
+        """Add ``rows`` records given column by column (every record has every field in
+        ``columns``, none other) — the same result as ``add`` record by record."""
+        for name, spec in self.specs.items():
+            acc = state.accumulators[name]
+            field = spec.get("field")
+            if field is None:
+                values: list[Any] = [None] * rows
+            elif field in columns:
+                values = columns[field]
+            else:
+                values = [None] * rows  # a missing field reads as None
+            where = self._column_filters[name]
+            if where is not None:
+                keep = where(columns, rows)
+                values = list(compress(values, keep))
+            acc.add_values(values)
 
     def partials(self, state: _State) -> dict[str, Any]:
         return {name: acc.partial() for name, acc in state.accumulators.items()}

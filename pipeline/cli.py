@@ -36,6 +36,8 @@ SetOpt = Annotated[
 class _ConsoleFormat(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = record.getMessage()
+        if record.exc_info:  # only logged with --debug
+            text = f"{text}\n{self.formatException(record.exc_info)}"
         if record.levelno >= logging.ERROR:
             return f"error: {text}"
         if record.levelno >= logging.WARNING:

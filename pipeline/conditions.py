@@ -108,6 +108,31 @@ def compile_condition(spec: Mapping[str, Mapping[str, Any]]) -> Condition:
     return every
 
 
+ColumnCondition = Callable[[Mapping[str, list[Any]], int], list[bool]]
+
+
+def compile_column_condition(spec: Mapping[str, Mapping[str, Any]]) -> ColumnCondition:
+    """The same condition for records given column by column: ``(columns, rows)`` gives
+    one bool per row. A field absent from ``columns`` is missing in every row."""
+    compile_condition(spec)  # the same checks, the same errors
+    checks = [
+        (field, _compile_op(field, op, operand))
+        for field, ops in spec.items()
+        for op, operand in ops.items()
+    ]
+
+    def mask(columns: Mapping[str, list[Any]], rows: int) -> list[bool]:
+        keep: list[bool] | None = None
+        for field, pred in checks:
+            if field not in columns:
+                return [False] * rows
+            these = list(map(pred, columns[field]))
+            keep = these if keep is None else [a and b for a, b in zip(keep, these, strict=True)]
+        return keep if keep is not None else [True] * rows
+
+    return mask
+
+
 def _always_true(record: Mapping[str, Any]) -> bool:
     return True
 

@@ -6,6 +6,7 @@ and small results (``TaskResult``). No open files, no record payloads, no proxie
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,9 +67,45 @@ class TaskSpec:
         return f"bytes {self.offset}-{self.offset + self.length}"
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Tasks that travel to a worker together and share one part file: small files are
+    batched so that the per-task costs (a pipe round trip, a part file, an fsync, a
+    SQLite transaction) are paid once per batch, not once per file. A big file's range
+    is a batch of one."""
+
+    batch_id: str
+    tasks: tuple[TaskSpec, ...]
+
+    @classmethod
+    def of(cls, tasks: tuple[TaskSpec, ...]) -> Batch:
+        """A batch named by its tasks: a batch of one is named like its task."""
+        if len(tasks) == 1:
+            return cls(tasks[0].task_id, tasks)
+        digest = hashlib.sha256()
+        for task in tasks:
+            digest.update(task.task_id.encode())
+        return cls(digest.hexdigest()[:32], tasks)
+
+    @property
+    def part_name(self) -> str:
+        return f"{self.batch_id}.jsonl"
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.size if t.length is None else t.length for t in self.tasks)
+
+    def describe(self) -> str:
+        first = self.tasks[0]
+        if len(self.tasks) == 1:
+            return f"{first.path} ({first.describe_range()})"
+        return f"{first.path} and {len(self.tasks) - 1} more files"
+
+
 @dataclass
 class TaskResult:
-    """What a worker hands back: counts, stats partials and the part file's name."""
+    """What a worker hands back per task: counts, stats partials, and where the task's
+    records sit in its batch's part file (``part``, ``part_offset``, ``part_size``)."""
 
     task_id: str
     ok: bool
@@ -79,6 +116,7 @@ class TaskResult:
     bytes_read: int = 0
     partials: dict[str, Any] = field(default_factory=dict)
     part: str | None = None
+    part_offset: int = 0
     part_size: int = 0
     duration_s: float = 0.0
     pid: int = 0

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.chunking import is_splittable, split_ranges
-from pipeline.models import InputFile, TaskSpec
+from pipeline.models import Batch, InputFile, TaskSpec
 from pipeline.store.ledger import TaskRow
 
 REASONS = ("new", "changed", "config-changed", "failed-before", "interrupted", "full", "unchanged")
@@ -77,18 +77,20 @@ def new_tasks(
     ]
 
 
-def _reuse_reason(row: TaskRow, parts_dir: str | None) -> str:
+def _reuse_reason(row: TaskRow, part_sizes: dict[str, int] | None, parts_dir: str) -> str:
     if row.status == "failed":
         return "failed-before"
     if row.status != "done":
         return "interrupted"
-    if parts_dir is not None:
-        part = os.path.join(parts_dir, row.part or "")
-        try:
-            if row.part is None or os.path.getsize(part) != row.part_size:
-                return "interrupted"
-        except OSError:
-            return "interrupted"
+    if part_sizes is not None and row.part_size:
+        name = row.part or ""
+        if name not in part_sizes:
+            try:
+                part_sizes[name] = os.path.getsize(os.path.join(parts_dir, name))
+            except OSError:
+                part_sizes[name] = -1
+        if part_sizes[name] < row.part_offset + row.part_size:
+            return "interrupted"  # its records are gone: a part deleted or truncated
     return "unchanged"
 
 
@@ -105,6 +107,7 @@ def make_plan(
     """Decide, file by file, what runs and why. ``parts_dir`` is None when no records are
     written (then a done task needs no part file)."""
     plan = Plan()
+    part_sizes: dict[str, int] | None = {} if parts_dir is not None else None
     for file in files:
         rows = rows_by_path.get(file.path, ())
         same_input = bool(rows) and all(
@@ -113,7 +116,7 @@ def make_plan(
         same_config = bool(rows) and all(r.result_key == result_key for r in rows)
         if rows and same_input and same_config and not full:
             for row in rows:
-                reason = _reuse_reason(row, parts_dir)
+                reason = _reuse_reason(row, part_sizes, parts_dir or "")
                 (plan.skip if reason == "unchanged" else plan.run).append(row.spec(reason))
             continue
         if full:
@@ -127,6 +130,36 @@ def make_plan(
         if rows:
             plan.drop_paths.append(file.path)
         plan.run.extend(new_tasks(file, fmt, chunk_size, result_key, reason))
-    # Largest first: long tasks start early and the pool's tail stays short.
-    plan.run.sort(key=lambda t: t.size if t.length is None else t.length, reverse=True)
     return plan
+
+
+def _task_bytes(task: TaskSpec) -> int:
+    return task.size if task.length is None else task.length
+
+
+def make_batches(tasks: Sequence[TaskSpec], workers: int, chunk_size: int) -> list[Batch]:
+    """Group small tasks into batches; big ones travel alone, largest first.
+
+    A task of at least ``chunk_size / 8`` bytes is a batch of its own. Smaller ones go, in
+    path order, into batches of at most ``chunk_size`` bytes and of a count that still
+    gives every worker about eight batches (at most 256 tasks each): enough to balance
+    the load, few enough that per-batch costs vanish."""
+    threshold = max(1, chunk_size // 8)
+    big = sorted((t for t in tasks if _task_bytes(t) >= threshold), key=_task_bytes, reverse=True)
+    small = sorted(
+        (t for t in tasks if _task_bytes(t) < threshold),
+        key=lambda t: (os.fsencode(t.path), t.offset),
+    )
+    per_batch = max(1, min(256, len(small) // (max(1, workers) * 8)))
+    batches = [Batch.of((t,)) for t in big]
+    group: list[TaskSpec] = []
+    group_bytes = 0
+    for task in small:
+        if group and (len(group) >= per_batch or group_bytes + _task_bytes(task) > chunk_size):
+            batches.append(Batch.of(tuple(group)))
+            group, group_bytes = [], 0
+        group.append(task)
+        group_bytes += _task_bytes(task)
+    if group:
+        batches.append(Batch.of(tuple(group)))
+    return batches

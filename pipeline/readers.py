@@ -225,6 +225,95 @@ def _iter_lines(
         yield line_start, b"".join(carry)  # last line without a newline; a "\r" is data
 
 
+def iter_line_blocks(
+    task: TaskSpec, counters: ReadCounters, *, block_size: int = BLOCK_SIZE
+) -> Iterator[tuple[int, bytes]]:
+    """The lines a task owns, as raw blocks: ``(start, data)`` where ``data`` holds whole
+    lines, each with its ``\n`` (and any ``\r`` before it), except that the file's last
+    line may lack one. For fast paths that work on many lines at once; the same lines,
+    split, are exactly what ``iter_records`` reads. ``bytes_read`` is counted here."""
+    _check_task(task, "lines")
+    skip_partial = task.compression is None and task.offset > 0
+    pos = task.offset - 1 if skip_partial else 0
+    limit = _NO_LIMIT if task.end is None else task.end
+    with open(task.path, "rb", buffering=0) as raw:
+        if pos:
+            raw.seek(pos)
+        start = raw.tell()
+        stream: IO[bytes] = raw if task.compression is None else _decompressed(raw, task)
+        try:
+            yield from _blocks(stream, pos, skip_partial, limit, block_size)
+        finally:
+            counters.bytes_read += raw.tell() - start
+            if stream is not raw:
+                stream.close()
+
+
+def _blocks(
+    stream: IO[bytes], pos: int, skipping: bool, limit: int, block_size: int
+) -> Iterator[tuple[int, bytes]]:
+    tail_size = min(TAIL_READ_SIZE, block_size)
+    pending = b""  # the start of a line whose newline has not been read yet
+    line_start = pos
+    while line_start < limit or pending:
+        if pos < limit:
+            want = min(block_size, limit - pos)
+        else:
+            want = tail_size
+            tail_size = min(tail_size * 2, block_size)
+        block = stream.read(want)
+        if not block:
+            break
+        block_pos = pos
+        pos += len(block)
+        if skipping:
+            cut = block.find(b"\n")
+            if cut < 0:
+                if pos >= limit:
+                    return
+                continue
+            skipping = False
+            line_start = block_pos + cut + 1
+            block = block[cut + 1 :]
+            if line_start >= limit:
+                return
+        data = pending + block if pending else block
+        last = data.rfind(b"\n")
+        if last < 0:
+            pending = data
+            continue
+        whole, pending = data[: last + 1], data[last + 1 :]
+        if line_start + len(whole) > limit:
+            # Keep the lines that start before the limit; the one holding limit-1 ends it.
+            cut = whole.find(b"\n", limit - line_start - 1)
+            yield line_start, whole[: cut + 1]
+            return
+        yield line_start, whole
+        line_start += len(whole)
+        if line_start >= limit:
+            return
+    if pending and line_start < limit and not skipping:
+        yield line_start, pending  # the file's last line, without a newline
+
+
+def block_records(
+    start: int, data: bytes, encoding: str, counters: ReadCounters
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The ``lines`` records of a block from ``iter_line_blocks``, exactly as
+    ``iter_records`` gives them."""
+    pieces = data.split(b"\n")
+    last = pieces.pop()  # b"" when the block ends with a newline
+    position = start
+    for line in pieces:
+        counters.records_in += 1
+        text = _decode(line[:-1] if line.endswith(b"\r") else line, encoding, counters)
+        yield position, {"line": text}
+        position += len(line) + 1
+    if last:  # the file's last line, without a newline: a "\r" there is data
+        counters.records_in += 1
+        yield position, {"line": _decode(last, encoding, counters)}
+
+
 def _decode(data: bytes, encoding: str, counters: ReadCounters) -> str:
     """Strict decode, falling back to replacement characters (counted, never fatal)."""
     try:

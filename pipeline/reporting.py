@@ -65,14 +65,14 @@ class Progress:
                 ),
             ]
 
-    def advance(self, task_bytes: int, ok: bool) -> None:
-        self.done_tasks += 1
-        self.done_bytes += task_bytes
-        self.failed += 0 if ok else 1
+    def advance(self, nbytes: int, tasks: int = 1, failed: int = 0) -> None:
+        self.done_tasks += tasks
+        self.done_bytes += nbytes
+        self.failed += failed
         if self._bars:
-            self._bars[0].update(1)
-            self._bars[1].update(task_bytes)
-            if not ok:
+            self._bars[0].update(tasks)
+            self._bars[1].update(nbytes)
+            if failed:
                 self._bars[0].set_postfix(failed=self.failed, refresh=False)
         elif self.mode == "log":
             now = time.monotonic()

@@ -3,10 +3,11 @@
 ::
 
     lock ─> discover ─> plan (files x ledger) ─> ledger: tasks pending
-       └─> executor.run(tasks) ──> worker: read range -> steps -> partials + part file
-                 │ on_outcome (main thread, once per task)
+       └─> batches (small files grouped) ─> executor.run ─> worker: per task, read range
+                 │                                     -> steps -> partials; one part file
+                 │ on_outcome (main thread, once per batch)
                  ▼
-           ledger.commit_task ─> live stats (Manager dict + Lock) ─> progress
+           ledger.commit_tasks (one transaction) ─> live stats (Manager dict + Lock) ─> progress
        └─> outputs from the ledger: records.*, stats.json, report.json ─> unlock
 
 The runner owns every effect that must happen exactly once; workers only write their own
@@ -36,15 +37,22 @@ from pipeline.errors import ConfigError, ExecutionError, ExitCode, StoreError
 from pipeline.executors import ExecutorOptions, Outcome, make_executor
 from pipeline.executors.process import get_context
 from pipeline.live import LiveStats
-from pipeline.models import InputFile, JobSpec, SkippedInput, TaskSpec
-from pipeline.planning import Plan, make_plan
+from pipeline.models import InputFile, JobSpec, SkippedInput, TaskResult, TaskSpec
+from pipeline.planning import Plan, make_batches, make_plan
 from pipeline.reporting import Progress, choose_mode, summary_lines
 from pipeline.store import merge, parts
 from pipeline.store.atomic import make_dirs, remove_temp_files
 from pipeline.store.ledger import Ledger, TaskRow
 from pipeline.store.lock import RunLock
+from pipeline.units import format_size
 
 log = logging.getLogger("pipeline")
+
+LIVE_EVERY_S = 0.5  # how often the live view in the Manager dict is refreshed
+# A job estimated to take less than TINY_JOB_S of work runs in-process (see _executor_kind).
+TINY_JOB_S = 0.2
+TINY_RATE = 50e6  # bytes per second through a typical step chain
+TINY_PER_TASK_S = 50e-6  # opening, reading and committing one small file
 
 
 @dataclass(frozen=True)
@@ -67,8 +75,11 @@ class StopSignals:
     def __init__(self) -> None:
         self.received: list[int] = []
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def _handle(self, signum: int, _frame: object) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked child before its initializer reset the handlers: not ours
         self.received.append(signum)
         if len(self.received) == 1:
             log.warning(
@@ -203,8 +214,9 @@ class Run:
             len(plan.skip),
         )
 
+        kind = self._executor_kind(plan)
         executor = make_executor(
-            self.cfg.execution.executor,
+            kind,
             ExecutorOptions(
                 job=job_spec(self.cfg, self.parts_dir),
                 workers=self.cfg.workers_resolved(),
@@ -215,12 +227,13 @@ class Run:
                 grace=self.cfg.execution.grace,
             ),
         )
+        batches = make_batches(plan.run, self.cfg.workers_resolved(), self.cfg.input.chunk_size)
         budget = self.cfg.max_failures_for(len(plan.run))
-        manager = self._start_manager() if self.cfg.execution.executor == "process" else None
+        manager = self._start_manager() if kind == "process" else None
         progress = Progress(
             choose_mode(self.options.progress, self.options.quiet), len(plan.run), plan.run_bytes
         )
-        # The ledger is opened after the pool's processes exist: no connection crosses a fork.
+        # Workers never touch the ledger (under fork they inherit its descriptor, unused).
         ledger = Ledger(self.out_dir)
         try:
             live = self._live_stats(manager)
@@ -239,7 +252,7 @@ class Run:
 
             try:
                 executor.run(
-                    iter(plan.run),
+                    iter(batches),
                     on_outcome,
                     should_stop,
                     lambda: len(self.signals.received) > 1,
@@ -247,6 +260,7 @@ class Run:
             except ExecutionError as exc:
                 log.error("%s", exc.message)
                 self.state.fatal = exc.message
+            live.publish()
             progress.close()
             return self._finish(ledger, plan, run_id, started, budget)
         finally:
@@ -254,6 +268,27 @@ class Run:
             ledger.close()
             if manager is not None:
                 manager.shutdown()
+            with contextlib.suppress(OSError):  # the workers' announcement files
+                parts.clear_tmp(str(self.parts_dir))
+
+    def _executor_kind(self, plan: Plan) -> str:
+        """``process``, unless the work is so small that starting a pool (50-100 ms) would
+        cost more than it saves: with ``workers: auto`` and no ``call`` step (no foreign
+        code that could crash or hang the main process) such a job runs in-process."""
+        kind = self.cfg.execution.executor
+        if kind != "process" or self.cfg.execution.workers != "auto" or not plan.run:
+            return kind
+        if any("call" in step for step in self.cfg.step_specs()):
+            return kind
+        estimate = plan.run_bytes / TINY_RATE + len(plan.run) * TINY_PER_TASK_S
+        if estimate >= TINY_JOB_S:
+            return kind
+        log.info(
+            "small job (%d task(s), %s): running in-process, not on a worker pool",
+            len(plan.run),
+            format_size(plan.run_bytes),
+        )
+        return "serial"
 
     def _start_manager(self) -> SyncManager:
         # A fresh random key per run: only this run's processes can talk to its Manager.
@@ -265,45 +300,53 @@ class Run:
 
     def _live_stats(self, manager: SyncManager | None) -> LiveStats:
         if manager is None:
-            return LiveStats({}, threading.Lock(), self.cfg.stat_specs())
-        return LiveStats(manager.dict(), manager.Lock(), self.cfg.stat_specs())
+            return LiveStats({}, threading.Lock(), self.cfg.stat_specs(), LIVE_EVERY_S)
+        return LiveStats(manager.dict(), manager.Lock(), self.cfg.stat_specs(), LIVE_EVERY_S)
 
     def _commit(
         self, ledger: Ledger, live: LiveStats, progress: Progress, outcome: Outcome, run_id: int
     ) -> None:
-        task, result = outcome.task, outcome.result
-        ledger.commit_task(result, outcome.attempts, run_id)
-        if result.ok:
-            self.state.done += 1
-        else:
-            self.state.failed += 1
-            self.state.failures.append(
-                {
-                    "path": task.path,
-                    "range": _range(task),
-                    "kind": result.error_kind,
-                    "error": result.error,
-                    "attempts": outcome.attempts,
-                }
+        """A batch's final results: one ledger transaction, then the live view and progress."""
+        ledger.commit_tasks(outcome.results, outcome.attempts, run_id)
+        tasks = {t.task_id: t for t in outcome.batch.tasks}
+        nbytes = failed = 0
+        for result in outcome.results:
+            task = tasks[result.task_id]
+            nbytes += task.size if task.length is None else task.length
+            if result.ok:
+                self.state.done += 1
+            else:
+                failed += 1
+                self._record_failure(task, result, outcome.attempts)
+            self.state.records += result.records_in
+            self.state.bytes_read += result.bytes_read
+            live.add(
+                result.ok,
+                result.partials if result.ok else None,
+                result.records_in,
+                result.records_out,
             )
-            log.error("task failed: %s", result.error)
-            if (
-                result.error
-                and f"[Errno {errno.ENOSPC}]" in result.error
-                and not self.state.disk_full
-            ):
-                # Every later task would fail the same way: stop submitting (fail-stop).
-                self.state.disk_full = True
-                self.state.fatal = f"no space left on device under {self.out_dir}; stopping"
-                log.error("%s", self.state.fatal)
-            if result.traceback:
-                log.debug("%s", result.traceback)
-        self.state.records += result.records_in
-        self.state.bytes_read += result.bytes_read
-        live.add(
-            result.ok, result.partials if result.ok else None, result.records_in, result.records_out
+        progress.advance(nbytes, len(outcome.results), failed)
+
+    def _record_failure(self, task: TaskSpec, result: TaskResult, attempts: int) -> None:
+        self.state.failed += 1
+        self.state.failures.append(
+            {
+                "path": task.path,
+                "range": _range(task),
+                "kind": result.error_kind,
+                "error": result.error,
+                "attempts": attempts,
+            }
         )
-        progress.advance(task.size if task.length is None else task.length, result.ok)
+        log.error("task failed: %s", result.error)
+        if result.traceback:
+            log.debug("%s", result.traceback)
+        if result.error and f"[Errno {errno.ENOSPC}]" in result.error and not self.state.disk_full:
+            # Every later task would fail the same way: stop submitting (fail-stop).
+            self.state.disk_full = True
+            self.state.fatal = f"no space left on device under {self.out_dir}; stopping"
+            log.error("%s", self.state.fatal)
 
     def _write_outputs(self, ledger: Ledger, done_rows: list[TaskRow], result_key: str) -> dict:
         """records.* and stats.json from the committed tasks — unless they already show
@@ -380,7 +423,6 @@ class Run:
             raise StoreError(f"{self.out_dir}: cannot write report.json: {exc}") from exc
         ledger.finish_run(run_id, status, exit_code, report)
         parts.remove_unreferenced(str(self.parts_dir), {r.part for r in rows if r.part})
-        parts.clear_tmp(str(self.parts_dir))  # the workers' announcement files
         for line in summary_lines(report, stats, str(self.out_dir)):
             log.info("%s", line)  # on the console unless --quiet; always in --log-file
         return RunResult(exit_code, report, stats)

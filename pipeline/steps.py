@@ -234,6 +234,11 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def convert_value(kind: str, value: Any) -> Any:
+    """What ``types`` makes of a (non-null) value; raises ValueError/TypeError/OverflowError."""
+    return _CONVERTERS[kind](value)
+
+
 def _types_step(where: str, arg: Any) -> _Step:
     if not isinstance(arg, Mapping) or "fields" not in arg or not set(arg) <= {"fields", "nulls"}:
         raise ValueError(

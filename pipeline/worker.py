@@ -1,11 +1,11 @@
-"""The only code that runs in worker processes: one task in, one small result out.
+"""The only code that runs in worker processes: a batch of tasks in, small results out.
 
 ``init_worker`` (the Pool initializer) compiles the job once per process: the step chain,
 the aggregators, the plugin folders on ``sys.path``. It also ignores SIGINT (Ctrl-C is the
 parent's business: it reaches the whole process group) and starts a thread that ends the
 process when the parent dies, so no orphan keeps writing into the output directory.
 
-``run_task`` never raises: every failure becomes a ``TaskResult(ok=False)`` carrying plain
+``pool_run`` never raises: every failure becomes a ``TaskResult(ok=False)`` carrying plain
 strings, so nothing unpicklable or unexpected reaches the Pool's result thread.
 
 The compiled job lives in ``_PROCESS`` — the single per-process slot that a Pool
@@ -24,11 +24,11 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
-from pipeline import aggregates, readers, steps
-from pipeline.models import JobSpec, TaskResult, TaskSpec
+from pipeline import aggregates, fastpath, readers, steps
+from pipeline.models import Batch, JobSpec, TaskResult, TaskSpec
 from pipeline.store.parts import TMP_DIR, part_writer
 
 PARENT_GONE_EXIT = 70
@@ -71,7 +71,7 @@ def make_encoder() -> Callable[[Any], str]:
 
 
 class TaskRunner:
-    """A job compiled for one process; runs tasks one after another."""
+    """A job compiled for one process; runs batches of tasks one after another."""
 
     def __init__(self, job: JobSpec) -> None:
         for folder in reversed(job.import_dirs):
@@ -81,57 +81,74 @@ class TaskRunner:
         self.chain = steps.compile_steps(job.steps)
         self.aggregators = aggregates.Aggregators(job.stats)
         self.encode = make_encoder()
+        stat_fields = {
+            field
+            for spec in job.stats.values()
+            for field in (spec.get("field"), *(spec.get("where") or {}))
+            if field
+        }
+        self.block_size = readers.BLOCK_SIZE
+        self.declined_blocks = 0  # blocks the fast path handed to the generic one
+        self.fast = fastpath.LinePlan.compile(job.format, job.steps, job.write_records, stat_fields)
+
+    def run_batch(self, batch: Batch) -> list[TaskResult]:
+        """Every task of the batch, records into one part file. A task that fails leaves
+        nothing in the part; the others are unaffected."""
+        if not self.job.write_records:
+            return [self._run(task, None) for task in batch.tasks]
+        results: list[TaskResult] = []
+        try:
+            with part_writer(self.job.parts_dir, batch.part_name) as handle:
+                for task in batch.tasks:
+                    results.append(self._run(task, handle))
+                if handle.tell() == 0:
+                    raise _NothingToPublish
+        except _NothingToPublish:
+            return results  # no records at all: no part file
+        except Exception as exc:  # the part could not be published (a full disk...)
+            return [
+                _failed(task, f"{task.path}: cannot write {batch.part_name}: {exc}")
+                for task in batch.tasks
+            ]
+        for result in results:
+            if result.ok:
+                result.part = batch.part_name
+        return results
 
     def run(self, task: TaskSpec) -> TaskResult:
+        """One task on its own (a batch of one)."""
+        return self.run_batch(Batch.of((task,)))[0]
+
+    def _run(self, task: TaskSpec, handle: BinaryIO | None) -> TaskResult:
         started = time.perf_counter()
         counters = readers.ReadCounters()
         result = TaskResult(task.task_id, ok=False, pid=os.getpid())
-        position = None
+        sink = _Sink(self, handle)
         try:
             check_unchanged(task)
-            state = self.aggregators.new_state()
-            add = self.aggregators.add
-            chain = self.chain
-            encode = self.encode
-            records_out = malformed = 0
-            records = readers.iter_records(task, self.job.format, self.job.encoding, counters)
-            if self.job.write_records:
-                with part_writer(self.job.parts_dir, task.task_id) as (handle, name):
-                    buffer: list[str] = []
-                    for position, record in records:  # noqa: B007 - read in except
-                        outs, bad = chain(record)
-                        malformed += bad
-                        for out in outs:
-                            add(state, out)
-                            buffer.append(encode(out))
-                        if len(buffer) >= 4096:
-                            buffer.append("")
-                            handle.write(to_utf8("\n".join(buffer)))
-                            records_out += len(buffer) - 1
-                            buffer.clear()
-                    if buffer:
-                        buffer.append("")
-                        handle.write(to_utf8("\n".join(buffer)))
-                        records_out += len(buffer) - 1
-                    result.part_size = handle.tell()
-                result.part = name
+            if self.fast is not None and task.compression is None:
+                self._run_fast(task, counters, sink)
             else:
-                for position, record in records:  # noqa: B007 - read in except
-                    outs, bad = chain(record)
-                    malformed += bad
-                    for out in outs:
-                        add(state, out)
-                        records_out += 1
+                sink.consume(
+                    readers.iter_records(task, self.job.format, self.job.encoding, counters)
+                )
+            sink.flush()
             check_unchanged(task)
-            result.partials = self.aggregators.partials(state)
-            result.records_out = records_out
-            result.malformed = malformed + counters.malformed
+            result.partials = self.aggregators.partials(sink.state)
+            result.records_out = sink.records_out
+            result.malformed = sink.malformed + counters.malformed
+            if handle is not None:
+                result.part_offset = sink.start
+                result.part_size = handle.tell() - sink.start
             result.ok = True
-        except BaseException as exc:
+        except BaseException as exc:  # SystemExit from a plugin is a task failure too
+            if handle is not None:  # nothing of a failed task stays in the part
+                handle.seek(sink.start)
+                handle.truncate()
             where = task.path
-            if position is not None:
+            if sink.position is not None:
                 label = readers.position_label(self.job.format, task)
-                where = f"{task.path}: record at {label} {position}"
+                where = f"{task.path}: record at {label} {sink.position}"
             result.error_kind = "error"
             result.error = f"{where}: {type(exc).__name__}: {exc}"
             result.traceback = traceback.format_exc()
@@ -140,6 +157,81 @@ class TaskRunner:
         result.bytes_read = counters.bytes_read
         result.duration_s = time.perf_counter() - started
         return result
+
+    def _run_fast(self, task: TaskSpec, counters: readers.ReadCounters, sink: _Sink) -> None:
+        """Blocks of lines through the columnar plan; a block it declines goes line by
+        line through the generic chain (same results, only slower)."""
+        assert self.fast is not None
+        encoding = self.job.encoding
+        blocks = readers.iter_line_blocks(task, counters, block_size=self.block_size)
+        for start, data in blocks:
+            try:
+                columns, rows, lines, malformed = self.fast.run_block(data.decode(encoding))
+            except (UnicodeDecodeError, fastpath.Declined):
+                self.declined_blocks += 1
+                sink.consume(readers.block_records(start, data, encoding, counters))
+                continue
+            counters.records_in += lines
+            sink.malformed += malformed
+            sink.records_out += rows
+            self.aggregators.add_columns(sink.state, columns, rows)
+            if sink.handle is not None and rows:
+                encode = self.encode
+                sink.write([encode(r) for r in fastpath.records_of(columns, rows)])
+
+
+class _Sink:
+    """Where one task's records go: the step chain, the stats, the part file."""
+
+    def __init__(self, runner: TaskRunner, handle: BinaryIO | None) -> None:
+        self.runner = runner
+        self.handle = handle
+        self.start = handle.tell() if handle is not None else 0
+        self.state = runner.aggregators.new_state()
+        self.records_out = 0
+        self.malformed = 0
+        self.position: int | None = None  # of the record being processed, for errors
+        self._buffer: list[str] = []
+
+    def consume(self, records: Iterator[tuple[int, dict[str, Any]]]) -> None:
+        """Records one by one through the generic chain."""
+        chain = self.runner.chain
+        add = self.runner.aggregators.add
+        state = self.state
+        encode = self.runner.encode
+        buffer = self._buffer
+        writing = self.handle is not None
+        for position, record in records:
+            self.position = position
+            outs, bad = chain(record)
+            self.malformed += bad
+            for out in outs:
+                add(state, out)
+                self.records_out += 1
+                if writing:
+                    buffer.append(encode(out))
+            if len(buffer) >= 4096:
+                self.flush()
+        self.position = None
+
+    def write(self, lines: list[str]) -> None:
+        self._buffer.extend(lines)
+        if len(self._buffer) >= 4096:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer and self.handle is not None:
+            self._buffer.append("")
+            self.handle.write(to_utf8("\n".join(self._buffer)))
+        self._buffer.clear()
+
+
+class _NothingToPublish(Exception):
+    """Every task of the batch failed or produced no record."""
+
+
+def _failed(task: TaskSpec, message: str) -> TaskResult:
+    return TaskResult(task.task_id, ok=False, pid=os.getpid(), error_kind="error", error=message)
 
 
 _PROCESS: dict[str, Any] = {}
@@ -218,22 +310,17 @@ def init_worker(job: JobSpec) -> None:
         _PROCESS["error"] = f"{type(exc).__name__}: {exc}"
 
 
-def run_task(task: TaskSpec) -> TaskResult:
-    """Pool entry point for one task."""
+def pool_run(batch: Batch) -> tuple[str, list[TaskResult]]:
+    """Pool entry point: one batch of tasks; the results come back with the batch's id."""
     runner = _PROCESS.get("runner")
     if runner is None:
         error = _PROCESS.get("error", "worker was not initialised")
-        return TaskResult(
-            task.task_id,
-            ok=False,
-            pid=os.getpid(),
-            error_kind="error",
-            error=f"{task.path}: cannot start the worker: {error}",
-        )
+        failed = [_failed(t, f"{t.path}: cannot start the worker: {error}") for t in batch.tasks]
+        return batch.batch_id, failed
     announcer: Announcer = _PROCESS["announcer"]
-    announcer.busy(task.task_id)
+    announcer.busy(batch.batch_id)
     try:
-        return runner.run(task)
+        return batch.batch_id, runner.run_batch(batch)
     finally:
         announcer.idle()
 

@@ -1,9 +1,10 @@
 """The contract between the runner and an executor.
 
-An executor takes an iterator of ``TaskSpec`` and calls ``on_outcome`` in the calling
-(main) thread once per task, with the final ``TaskResult`` of that task. It pulls tasks
-lazily and keeps a bounded number in flight, so a million files never become a million
-queued tasks. ``should_stop`` is polled between results: when it turns true the executor
+An executor takes an iterator of ``Batch`` and calls ``on_outcome`` in the calling
+(main) thread with the final ``TaskResult`` of every task, batch by batch (a batch whose
+failed tasks are retried reports its good tasks first, then the retried ones). It pulls
+batches lazily and keeps a bounded number in flight, so a million files never become a
+million queued tasks. ``should_stop`` is polled between results: when it turns true the executor
 submits nothing more, lets what is in flight finish (or abandons it on ``stop_now``) and
 returns. Retries, timeouts and crashed workers are the executor's business, so the
 runner's loop is the same for every executor.
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from pipeline.models import JobSpec, TaskResult, TaskSpec
+from pipeline.models import Batch, JobSpec, TaskResult
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,10 @@ class ExecutorOptions:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A task's final result and how many attempts it took."""
+    """Final results of some tasks of a batch, and how many attempts they took."""
 
-    task: TaskSpec
-    result: TaskResult
+    batch: Batch
+    results: list[TaskResult]
     attempts: int
 
 
@@ -42,12 +43,25 @@ OnOutcome = Callable[[Outcome], None]
 StopCheck = Callable[[], bool]
 
 
+def settle(
+    batch: Batch, results: list[TaskResult], attempt: int, retries: int, stopping: bool
+) -> tuple[Outcome | None, Batch | None]:
+    """Split a batch's results into what is final now and the failed tasks that go round
+    again (as a batch of their own) while attempts remain."""
+    failed = {r.task_id for r in results if not r.ok}
+    if not failed or attempt > retries or stopping:
+        return Outcome(batch, results, attempt), None
+    done = [r for r in results if r.ok]
+    retry = Batch.of(tuple(t for t in batch.tasks if t.task_id in failed))
+    return (Outcome(batch, done, attempt) if done else None), retry
+
+
 class Executor(Protocol):
     options: ExecutorOptions
 
     def run(
         self,
-        tasks: Iterator[TaskSpec],
+        batches: Iterator[Batch],
         on_outcome: OnOutcome,
         should_stop: StopCheck,
         stop_now: StopCheck,

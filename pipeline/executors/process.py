@@ -3,10 +3,10 @@ without a deadline.
 
 Data flow (the callback runs on the Pool's result thread; everything else on ours)::
 
-    tasks ──> _Schedule (window of 2 x workers; retries and requeued tasks first)
-       │ async: apply_async(run_task, callback)   │ imap: imap_unordered(feed)
+    batches ──> _Schedule (window of 2 x workers; retries and requeued batches first)
+       │ async: apply_async(pool_run, callback)   │ imap: imap_unordered(feed)
        ▼                                          ▼
-    worker processes: announce(task) -> run_task(TaskSpec) -> TaskResult
+    worker processes: announce(batch) -> pool_run(Batch) -> (batch id, [TaskResult])
        │ callback / error_callback: results.put   │ it.next(timeout=tick)
        ▼                                          ▼
     supervisor loop (main thread): on_outcome or retry; every tick: _Watch.inspect()
@@ -15,9 +15,9 @@ The stdlib Pool loses a task whose worker dies (its result never comes), and a w
 killed while holding a queue lock can wedge the whole pool. So the supervisor watches the
 pool's processes: when one dies, or runs a task past ``timeout`` (then it is killed), the
 whole pool is abandoned (``terminate`` in a daemon thread, survivors killed by pid), the
-task that worker had announced is charged one attempt (or recorded as ``crashed`` /
-``timeout`` once its retries are spent), and every other task in flight is resubmitted to
-a fresh pool with its attempt count unchanged.
+batch that worker had announced is charged one attempt (or its tasks are recorded as
+``crashed`` / ``timeout`` once its retries are spent), and every other batch in flight is
+resubmitted to a fresh pool with its attempt count unchanged.
 
 Callbacks only put a tuple on a ``queue.SimpleQueue``: they cannot raise, so they can
 never kill the Pool's result thread.
@@ -40,8 +40,8 @@ from typing import Any
 
 from pipeline import worker
 from pipeline.errors import ExecutionError
-from pipeline.executors.base import ExecutorOptions, OnOutcome, Outcome, StopCheck
-from pipeline.models import TaskResult, TaskSpec
+from pipeline.executors.base import ExecutorOptions, OnOutcome, Outcome, StopCheck, settle
+from pipeline.models import Batch, TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,11 @@ def close_pool(pool: multiprocessing.pool.Pool, grace: float = JOIN_GRACE_S) -> 
         abandon_pool(pool)
 
 
-def error_result(task: TaskSpec, kind: str, message: str) -> TaskResult:
-    return TaskResult(task.task_id, ok=False, error_kind=kind, error=f"{task.path}: {message}")
+def error_results(batch: Batch, kind: str, message: str) -> list[TaskResult]:
+    return [
+        TaskResult(t.task_id, ok=False, error_kind=kind, error=f"{t.path}: {message}")
+        for t in batch.tasks
+    ]
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -106,27 +109,27 @@ class Fault:
     """Why a pool must be abandoned, and which task (if any) is to blame."""
 
     kind: str  # crashed | timeout
-    task_id: str | None
+    batch_id: str | None
     message: str
 
 
 class _Schedule:
-    """Which task goes next, what is in flight, and when the work is over. Thread-safe:
+    """Which batch goes next, what is in flight, and when the work is over. Thread-safe:
     under ``imap`` the Pool's task thread pulls from it while the main thread retires."""
 
-    def __init__(self, tasks: Iterator[TaskSpec], window: int, retries: int) -> None:
-        self._source = tasks
+    def __init__(self, batches: Iterator[Batch], window: int, retries: int) -> None:
+        self._source = batches
         self._exhausted = False
-        self._retry: deque[tuple[TaskSpec, int]] = deque()
-        self.in_flight: dict[str, tuple[TaskSpec, int]] = {}
+        self._retry: deque[tuple[Batch, int]] = deque()
+        self.in_flight: dict[str, tuple[Batch, int]] = {}
         self.window = window
         self.retries = retries
         self.stopping = False
         self.completed = 0
         self._changed = threading.Condition()
 
-    def take(self, alive: Callable[[], bool] | None = None) -> tuple[TaskSpec, int] | None:
-        """The next task to submit now, or None when the window is full or nothing is left
+    def take(self, alive: Callable[[], bool] | None = None) -> tuple[Batch, int] | None:
+        """The next batch to submit now, or None when the window is full or nothing is left
         (or, for a feeder, when ``alive`` says its pool is being abandoned)."""
         with self._changed:
             if self.stopping or len(self.in_flight) >= self.window:
@@ -134,19 +137,19 @@ class _Schedule:
             if alive is not None and not alive():
                 return None
             if self._retry:
-                task, attempt = self._retry.popleft()
+                batch, attempt = self._retry.popleft()
             elif self._exhausted:
                 return None
             else:
-                task = next(self._source, None)
-                if task is None:
+                batch = next(self._source, None)
+                if batch is None:
                     self._exhausted = True
                     return None
                 attempt = 1
-            self.in_flight[task.task_id] = (task, attempt)
-            return task, attempt
+            self.in_flight[batch.batch_id] = (batch, attempt)
+            return batch, attempt
 
-    def take_blocking(self, alive: Callable[[], bool]) -> tuple[TaskSpec, int] | None:
+    def take_blocking(self, alive: Callable[[], bool]) -> tuple[Batch, int] | None:
         """For ``imap``'s feeder: wait for room; None means the feed is over."""
         while alive():
             item = self.take(alive)
@@ -158,30 +161,26 @@ class _Schedule:
                 self._changed.wait(TICK_S)
         return None
 
-    def retire(self, result: TaskResult) -> Outcome | None:
-        """A result arrived: the final outcome, or None when the task goes round again."""
+    def retire(self, batch_id: str, results: list[TaskResult]) -> Outcome | None:
+        """A batch's results arrived: what is final (the rest goes round again)."""
         with self._changed:
-            entry = self.in_flight.pop(result.task_id, None)
+            entry = self.in_flight.pop(batch_id, None)
             self._changed.notify_all()
             if entry is None:
-                return None  # a late result of a task already retired
+                return None  # a late result of a batch already retired
             self.completed += 1
-            task, attempt = entry
-            if result.ok or attempt > self.retries or self.stopping:
-                return Outcome(task, result, attempt)
-            log.info(
-                "%s (%s): attempt %d failed, retrying: %s",
-                task.path,
-                task.describe_range(),
-                attempt,
-                result.error,
-            )
-            self._retry.append((task, attempt + 1))
-            return None
+            batch, attempt = entry
+            outcome, retry = settle(batch, results, attempt, self.retries, self.stopping)
+            if retry is not None:
+                for result in results:
+                    if not result.ok:
+                        log.info("%s: attempt %d failed, retrying", result.error, attempt)
+                self._retry.append((retry, attempt + 1))
+            return outcome
 
     def requeue(self, fault: Fault) -> Outcome | None:
         """The pool is gone: everything in flight goes round again, first in line; the
-        blamed task is charged an attempt, or fails once its retries are spent."""
+        blamed batch is charged an attempt, or fails once its retries are spent."""
         with self._changed:
             outcome = None
             entries = list(self.in_flight.values())
@@ -189,22 +188,20 @@ class _Schedule:
             self._changed.notify_all()
             if self.stopping:
                 return None  # they stay pending in the ledger; the next run resumes them
-            for task, attempt in reversed(entries):
-                if task.task_id == fault.task_id:
+            for batch, attempt in reversed(entries):
+                if batch.batch_id == fault.batch_id:
                     if attempt > self.retries:
-                        result = error_result(task, fault.kind, fault.message)
-                        outcome = Outcome(task, result, attempt)
+                        results = error_results(batch, fault.kind, fault.message)
+                        outcome = Outcome(batch, results, attempt)
                         continue
                     log.warning(
-                        "%s (%s): %s; retrying (attempt %d)",
-                        task.path,
-                        task.describe_range(),
+                        "%s: %s; retrying (attempt %d)",
+                        batch.describe(),
                         fault.message,
                         attempt + 1,
                     )
                     attempt += 1
-                self._retry.appendleft((task, attempt))
-            self._changed.notify_all()
+                self._retry.appendleft((batch, attempt))
             return outcome
 
     def stop(self) -> None:
@@ -282,12 +279,12 @@ class ProcessExecutor:
 
     def run(
         self,
-        tasks: Iterator[TaskSpec],
+        batches: Iterator[Batch],
         on_outcome: OnOutcome,
         should_stop: StopCheck,
         stop_now: StopCheck,
     ) -> None:
-        schedule = _Schedule(tasks, 2 * self.options.workers, self.options.retries)
+        schedule = _Schedule(batches, 2 * self.options.workers, self.options.retries)
         stop_deadline: list[float] = []
         barren = 0
         while True:
@@ -315,7 +312,7 @@ class ProcessExecutor:
             if schedule.stopping:
                 return
             log.warning("%s; restarting the worker pool", fault.message)
-            barren = 0 if schedule.completed > completed_before or fault.task_id else barren + 1
+            barren = 0 if schedule.completed > completed_before or fault.batch_id else barren + 1
             if barren >= MAX_BARREN_POOLS:
                 raise ExecutionError(
                     f"worker processes keep dying before finishing any task ({fault.message}); "
@@ -336,7 +333,7 @@ class ProcessExecutor:
             stop_deadline.append(time.monotonic() + self.options.grace)
             if schedule.in_flight:
                 log.warning(
-                    "stopping: waiting up to %gs for %d task(s) in flight",
+                    "stopping: waiting up to %gs for %d batch(es) of tasks in flight",
                     self.options.grace,
                     len(schedule.in_flight),
                 )
@@ -354,14 +351,14 @@ class ProcessExecutor:
         stop_now: StopCheck,
         stop_deadline: list[float],
     ) -> Fault | None:
-        results: queue.SimpleQueue[tuple[TaskSpec, Any, bool]] = queue.SimpleQueue()
+        results: queue.SimpleQueue[tuple[Batch, Any, bool]] = queue.SimpleQueue()
 
-        def submit(task: TaskSpec) -> None:
+        def submit(batch: Batch) -> None:
             pool.apply_async(
-                worker.run_task,
-                (task,),
-                callback=lambda value: results.put((task, value, True)),
-                error_callback=lambda exc: results.put((task, exc, False)),
+                worker.pool_run,
+                (batch,),
+                callback=lambda value: results.put((batch, value, True)),
+                error_callback=lambda exc: results.put((batch, exc, False)),
             )
 
         while True:
@@ -375,14 +372,14 @@ class ProcessExecutor:
             if isinstance(verdict, Fault):
                 return verdict
             try:
-                task, value, ok = results.get(timeout=TICK_S)
+                batch, value, ok = results.get(timeout=TICK_S)
             except queue.Empty:
                 continue
             if ok:
-                result = value
-            else:
-                result = error_result(task, "error", f"{type(value).__name__}: {value}")
-            outcome = schedule.retire(result)
+                outcome = schedule.retire(*value)
+            else:  # the batch could not reach the worker or come back (pickling)
+                error = f"{type(value).__name__}: {value}"
+                outcome = schedule.retire(batch.batch_id, error_results(batch, "error", error))
             if outcome is not None:
                 on_outcome(outcome)
 
@@ -399,11 +396,11 @@ class ProcessExecutor:
         feeding = threading.Event()
         feeding.set()
 
-        def feed() -> Iterator[TaskSpec]:
+        def feed() -> Iterator[Batch]:
             while (item := schedule.take_blocking(feeding.is_set)) is not None:
                 yield item[0]
 
-        results = pool.imap_unordered(worker.run_task, feed(), chunksize=1)
+        results = pool.imap_unordered(worker.pool_run, feed(), chunksize=1)
         try:
             while True:
                 verdict = self._between_results(
@@ -414,12 +411,12 @@ class ProcessExecutor:
                 if isinstance(verdict, Fault):
                     return verdict
                 try:
-                    result = results.next(timeout=TICK_S)
+                    batch_id, batch_results = results.next(timeout=TICK_S)
                 except multiprocessing.TimeoutError:
                     continue
                 except StopIteration:
                     return None
-                outcome = schedule.retire(result)
+                outcome = schedule.retire(batch_id, batch_results)
                 if outcome is not None:
                     on_outcome(outcome)
         finally:

@@ -3,10 +3,11 @@ oracle that every other executor must agree with."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 
-from pipeline.executors.base import ExecutorOptions, OnOutcome, Outcome, StopCheck
-from pipeline.models import TaskSpec
+from pipeline.executors.base import ExecutorOptions, OnOutcome, StopCheck, settle
+from pipeline.models import Batch
 from pipeline.worker import TaskRunner
 
 
@@ -19,19 +20,23 @@ class SerialExecutor:
 
     def run(
         self,
-        tasks: Iterator[TaskSpec],
+        batches: Iterator[Batch],
         on_outcome: OnOutcome,
         should_stop: StopCheck,
         stop_now: StopCheck,
     ) -> None:
         runner = TaskRunner(self.options.job)
-        for task in tasks:
-            if should_stop():
+        retries: deque[tuple[Batch, int]] = deque()
+        while not should_stop():
+            if retries:
+                batch, attempt = retries.popleft()
+            elif (batch := next(batches, None)) is not None:
+                attempt = 1
+            else:
                 return
-            attempts = 0
-            while True:
-                attempts += 1
-                result = runner.run(task)
-                if result.ok or attempts > self.options.retries or should_stop():
-                    break
-            on_outcome(Outcome(task, result, attempts))
+            results = runner.run_batch(batch)
+            outcome, retry = settle(batch, results, attempt, self.options.retries, should_stop())
+            if outcome is not None:
+                on_outcome(outcome)
+            if retry is not None:
+                retries.append((retry, attempt + 1))

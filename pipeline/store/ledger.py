@@ -7,11 +7,12 @@ Paths are stored as ``os.fsencode`` bytes (BLOB) so names that are not valid UTF
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     partials    TEXT,
     part        TEXT,
     part_size   INTEGER,
+    part_offset INTEGER,
     error_kind  TEXT,
     error       TEXT
 );
@@ -83,6 +85,7 @@ class TaskRow:
     part_size: int
     error_kind: str | None
     error: str | None
+    part_offset: int = 0  # where this task's records start in its batch's part file
 
     @property
     def partials(self) -> dict[str, Any] | None:
@@ -105,7 +108,7 @@ class TaskRow:
 _ROW_COLUMNS = (
     "task_id, path, offset, length, size, mtime_ns, compression, result_key, status, "
     "attempts, records_in, records_out, malformed, undecodable, partials, part, part_size, "
-    "error_kind, error"
+    "error_kind, error, part_offset"
 )
 
 
@@ -130,6 +133,7 @@ def _row(values: tuple[Any, ...]) -> TaskRow:
         part_size,
         ekind,
         error,
+        part_offset,
     ) = values
     return TaskRow(
         task_id,
@@ -151,7 +155,16 @@ def _row(values: tuple[Any, ...]) -> TaskRow:
         part_size or 0,
         ekind,
         error,
+        part_offset or 0,
     )
+
+
+def _text(value: str | None) -> str | None:
+    """SQLite TEXT must be valid UTF-8: a file name that is not (decoded by ``os.fsdecode``
+    into lone surrogates) is kept as ``\\udcXX`` escapes."""
+    if value is None or value.isascii():
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Ledger:
@@ -173,6 +186,9 @@ class Ledger:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
+                columns = {r[1] for r in self._db.execute("PRAGMA table_info(tasks)")}
+                if "part_offset" not in columns:  # a ledger from before batching
+                    self._db.execute("ALTER TABLE tasks ADD COLUMN part_offset INTEGER")
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
@@ -191,15 +207,24 @@ class Ledger:
     def close(self) -> None:
         self._db.close()
 
-    def _write(self, sql: str, params: Iterable[Any] = ()) -> None:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; any exception rolls back (the write lock is
+        never left held), and SQLite errors become a StoreError naming the ledger."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(sql, tuple(params))
+            yield self._db
             self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            raise StoreError(f"{self.path}: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: {exc}") from exc
+            raise
+
+    def _write(self, sql: str, params: Iterable[Any] = ()) -> None:
+        with self._transaction() as db:
+            db.execute(sql, tuple(params))
 
     # --- runs -----------------------------------------------------------------------
     def start_run(self, name: str, result_key: str) -> int:
@@ -265,12 +290,11 @@ class Ledger:
     ) -> None:
         """In one transaction: forget the tasks of changed files, record the new plan as
         pending (tasks already known keep their attempts)."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
+        with self._transaction() as db:
+            db.executemany(
                 "DELETE FROM tasks WHERE path = ?", ((os.fsencode(p),) for p in drop_paths)
             )
-            self._db.executemany(
+            db.executemany(
                 "INSERT INTO tasks (task_id, path, offset, length, size, mtime_ns, compression,"
                 " result_key, status, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)"
                 " ON CONFLICT(task_id) DO UPDATE SET status = 'pending', run_id = ?",
@@ -290,38 +314,40 @@ class Ledger:
                     for t in planned
                 ),
             )
-            self._db.execute("COMMIT")
-        except BaseException as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"{self.path}: {exc}") from exc
-            raise
 
     def commit_task(self, result: TaskResult, attempts: int, run_id: int) -> None:
-        """Record a finished task (done or failed) in its own transaction."""
-        status = "done" if result.ok else "failed"
-        self._write(
-            "UPDATE tasks SET status = ?, attempts = ?, run_id = ?, finished = ?, duration_s = ?,"
-            " records_in = ?, records_out = ?, malformed = ?, undecodable = ?, bytes_read = ?,"
-            " partials = ?, part = ?, part_size = ?, error_kind = ?, error = ?"
-            " WHERE task_id = ?",
+        self.commit_tasks([result], attempts, run_id)
+
+    def commit_tasks(self, results: Sequence[TaskResult], attempts: int, run_id: int) -> None:
+        """Record finished tasks (done or failed) — one batch, one transaction."""
+        now = time.time()
+        rows = [
             (
-                status,
+                "done" if r.ok else "failed",
                 attempts,
                 run_id,
-                time.time(),
-                result.duration_s,
-                result.records_in,
-                result.records_out,
-                result.malformed,
-                result.undecodable,
-                result.bytes_read,
-                json.dumps(result.partials) if result.ok else None,
-                result.part,
-                result.part_size,
-                result.error_kind,
-                result.error,
-                result.task_id,
-            ),
-        )
+                now,
+                r.duration_s,
+                r.records_in,
+                r.records_out,
+                r.malformed,
+                r.undecodable,
+                r.bytes_read,
+                json.dumps(r.partials) if r.ok else None,
+                r.part if r.ok else None,
+                r.part_offset,
+                r.part_size,
+                r.error_kind,
+                _text(r.error),
+                r.task_id,
+            )
+            for r in results
+        ]
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE tasks SET status = ?, attempts = ?, run_id = ?, finished = ?,"
+                " duration_s = ?, records_in = ?, records_out = ?, malformed = ?,"
+                " undecodable = ?, bytes_read = ?, partials = ?, part = ?, part_offset = ?,"
+                " part_size = ?, error_kind = ?, error = ? WHERE task_id = ?",
+                rows,
+            )

@@ -1,7 +1,8 @@
 """Final outputs, rebuilt from what the ledger says is committed.
 
-``records.*`` concatenates the part files of done tasks in (path bytes, offset) order, so
-the bytes are the same whatever the chunking, worker count or interruptions were.
+``records.*`` concatenates the records of done tasks in (path bytes, offset) order, each
+read from its place in its batch's part file, so the bytes are the same whatever the
+chunking, batching, worker count or interruptions were.
 ``stats.json`` merges the committed partials in that same order. Every file is written
 atomically, so readers only ever see a complete output of committed work.
 """
@@ -12,10 +13,9 @@ import csv
 import io
 import json
 import os
-import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pipeline import aggregates
 from pipeline.store.atomic import atomic_writer
@@ -53,31 +53,63 @@ def _csv_cell(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _write_jsonl(target: Path, parts: Sequence[str]) -> None:
+def _record_bytes(parts_dir: Path, rows: Sequence[TaskRow]) -> Iterator[bytes]:
+    """The committed records, task by task, as byte blocks read from the part files
+    (a batch's part holds several tasks; consecutive tasks usually share one)."""
+    handle: BinaryIO | None = None
+    current = None
+    try:
+        for row in rows:
+            if not row.part or not row.part_size:
+                continue
+            if row.part != current:
+                if handle is not None:
+                    handle.close()
+                handle = open(parts_dir / row.part, "rb")  # noqa: SIM115 - reused across rows
+                current = row.part
+            handle.seek(row.part_offset)
+            left = row.part_size
+            while left:
+                block = handle.read(min(left, 1 << 20))
+                if not block:
+                    raise OSError(f"{parts_dir / row.part}: shorter than the ledger says")
+                left -= len(block)
+                yield block
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def _write_jsonl(target: Path, blocks: Iterable[bytes]) -> None:
     with atomic_writer(target) as out:
-        for part in parts:
-            with open(part, "rb") as handle:
-                shutil.copyfileobj(handle, out, 1 << 20)
+        for block in blocks:
+            out.write(block)
 
 
-def _write_csv(target: Path, parts: Sequence[str]) -> None:
+def _lines(blocks: Iterable[bytes]) -> Iterator[str]:
+    """Whole lines from byte blocks (a task's records always end with a newline)."""
+    pending = b""
+    for block in blocks:
+        pending += block
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8")
+
+
+def _write_csv(target: Path, parts_dir: Path, rows: Sequence[TaskRow]) -> None:
     """Columns are every key in order of first appearance, so two passes over the parts."""
     columns: dict[str, None] = {}
-    for part in parts:
-        with open(part, encoding="utf-8") as handle:
-            for line in handle:
-                for key in json.loads(line):
-                    columns.setdefault(key, None)
+    for line in _lines(_record_bytes(parts_dir, rows)):
+        for key in json.loads(line):
+            columns.setdefault(key, None)
     header = list(columns)
     with atomic_writer(target) as out:
         text = io.TextIOWrapper(out, encoding="utf-8", errors="backslashreplace", newline="")
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(header)
-        for part in parts:
-            with open(part, encoding="utf-8") as handle:
-                for line in handle:
-                    record = json.loads(line)
-                    writer.writerow([_csv_cell(record.get(key)) for key in header])
+        for line in _lines(_record_bytes(parts_dir, rows)):
+            record = json.loads(line)
+            writer.writerow([_csv_cell(record.get(key)) for key in header])
         text.flush()
         text.detach()
 
@@ -91,9 +123,8 @@ def write_records(out_dir: Path, parts_dir: Path, records: str, rows: Sequence[T
                 os.unlink(path)
     if records not in RECORDS_NAMES:
         return
-    parts = [str(parts_dir / r.part) for r in rows if r.part]
     target = out_dir / RECORDS_NAMES[records]
     if records == "jsonl":
-        _write_jsonl(target, parts)
+        _write_jsonl(target, _record_bytes(parts_dir, rows))
     else:
-        _write_csv(target, parts)
+        _write_csv(target, parts_dir, rows)

@@ -1,7 +1,8 @@
-"""Part files: one per task, the records it produced, published atomically by the worker.
+"""Part files: one per batch of tasks, the records they produced, published atomically by
+the worker; the ledger knows where each task's records start and how long they are.
 
-The final name is a pure function of the task identity (which covers the input's
-fingerprint and the result-affecting config), so a repeated or zombie attempt can only
+The final name is a pure function of the batch's task identities (which cover the inputs'
+fingerprints and the result-affecting config), so a repeated or zombie attempt can only
 replace a part with identical bytes. Temporary files live in ``parts/.tmp`` on the same
 filesystem, and are removed by the next run if a ``kill -9`` left any.
 """
@@ -19,21 +20,15 @@ PARTS_DIR = "parts"
 TMP_DIR = ".tmp"
 
 
-def part_name(task_id: str) -> str:
-    return f"{task_id}.jsonl"
-
-
 @contextlib.contextmanager
-def part_writer(parts_dir: str, task_id: str) -> Iterator[tuple[BinaryIO, str]]:
-    """Yield (file, final name); the part appears under its final name only on success."""
-    name = part_name(task_id)
+def part_writer(parts_dir: str, name: str) -> Iterator[BinaryIO]:
+    """Yield a file; it appears as ``parts/<name>`` only when complete (fsynced, renamed)."""
     tmp = os.path.join(parts_dir, TMP_DIR, f"{name}.{os.getpid()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
         with open(fd, "wb", buffering=1 << 20) as handle:
-            yield handle, name
+            yield handle
             handle.flush()
-            os.fchmod(handle.fileno(), FILE_MODE)
             os.fsync(handle.fileno())
         os.replace(tmp, os.path.join(parts_dir, name))
         fsync_dir(parts_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.models import InputFile, TaskSpec
-from pipeline.planning import REASONS, Plan, make_plan, new_tasks, task_id
+from pipeline.models import Batch, InputFile, TaskSpec
+from pipeline.planning import REASONS, Plan, make_batches, make_plan, new_tasks, task_id
 from pipeline.store.ledger import TaskRow
 
 KEY = "result-key-1"
@@ -296,10 +297,24 @@ def test_pending_task_is_interrupted(tmp_path: Path) -> None:
 
 def test_done_task_whose_part_is_missing_is_interrupted(tmp_path: Path) -> None:
     file = InputFile("/d/a.log", 50, MTIME)
-    rows = rows_for(file, 100)
+    rows = rows_for(file, 100, part_size=7)
     p = plan([file], {file.path: rows}, parts_dir=tmp_path)
     assert [t.reason for t in p.run] == ["interrupted"]
     assert p.run[0].task_id == rows[0].task_id
+
+
+def test_a_task_records_are_found_at_their_offset_in_a_shared_part(tmp_path: Path) -> None:
+    file = InputFile("/d/a.log", 50, MTIME)
+    (row,) = rows_for(file, 100, part="batch.jsonl", part_size=10)
+    row = dataclasses.replace(row, part_offset=30)
+    (tmp_path / "batch.jsonl").write_bytes(b"x" * 39)
+    assert [t.reason for t in plan([file], {file.path: [row]}, parts_dir=tmp_path).run] == [
+        "interrupted"
+    ]
+    (tmp_path / "batch.jsonl").write_bytes(b"x" * 40)
+    assert [t.reason for t in plan([file], {file.path: [row]}, parts_dir=tmp_path).skip] == [
+        "unchanged"
+    ]
 
 
 def test_done_task_whose_part_has_the_wrong_size_is_interrupted(tmp_path: Path) -> None:
@@ -313,13 +328,11 @@ def test_done_task_whose_part_has_the_wrong_size_is_interrupted(tmp_path: Path) 
     assert [t.reason for t in p.skip] == ["unchanged"]
 
 
-def test_done_task_without_a_part_name_is_interrupted_when_parts_are_expected(
-    tmp_path: Path,
-) -> None:
+def test_done_task_with_no_records_needs_no_part(tmp_path: Path) -> None:
     file = InputFile("/d/a.log", 50, MTIME)
-    rows = rows_for(file, 100, part=None)
+    rows = rows_for(file, 100, part=None, part_size=0)
     p = plan([file], {file.path: rows}, parts_dir=tmp_path)
-    assert [t.reason for t in p.run] == ["interrupted"]
+    assert [t.reason for t in p.skip] == ["unchanged"]
 
 
 def test_full_recomputes_everything(tmp_path: Path) -> None:
@@ -405,7 +418,7 @@ def test_drop_paths_lists_only_replaced_files(tmp_path: Path) -> None:
     assert p.drop_paths == [grown.path]
 
 
-def test_run_list_is_sorted_largest_first() -> None:
+def test_batches_put_big_tasks_first_largest_first() -> None:
     files = [
         InputFile("/d/small.log", 10, MTIME),
         InputFile("/d/big.log", 5000, MTIME),  # cut into 300-byte ranges
@@ -413,23 +426,32 @@ def test_run_list_is_sorted_largest_first() -> None:
         InputFile("/d/z.gz", 900, MTIME, "gz"),  # whole file: weighs its size
     ]
     p = make_plan(files, {}, fmt="lines", chunk_size=300, result_key=KEY, parts_dir=None)
-    weights = [t.size if t.length is None else t.length for t in p.run]
-    assert weights == sorted(weights, reverse=True)
-    assert (p.run[0].path, p.run[0].length) == ("/d/z.gz", None)
-    assert p.run[-1].path == "/d/small.log"
     assert p.run_bytes == 10 + 5000 + 700 + 900
+    batches = make_batches(p.run, workers=2, chunk_size=300)
+    assert sorted(t.task_id for b in batches for t in b.tasks) == sorted(t.task_id for t in p.run)
+    weights = [b.nbytes for b in batches]
+    assert weights[:-1] == sorted(weights[:-1], reverse=True)
+    assert (batches[0].tasks[0].path, batches[0].tasks[0].length) == ("/d/z.gz", None)
+    assert [t.path for t in batches[-1].tasks] == ["/d/small.log"]  # small: batched last
 
 
-def test_run_list_mixes_reused_and_new_tasks_largest_first(tmp_path: Path) -> None:
-    old = InputFile("/d/a.log", 100, MTIME)
-    rows = rows_for(old, 100, status="failed", part=None)
-    files = [old, InputFile("/d/b.log", 1000, MTIME), InputFile("/d/c.log", 50, MTIME)]
-    p = plan(files, {old.path: rows}, parts_dir=tmp_path, chunk_size=10_000)
-    assert [(t.path, t.reason) for t in p.run] == [
-        ("/d/b.log", "new"),
-        ("/d/a.log", "failed-before"),
-        ("/d/c.log", "new"),
-    ]
+def test_small_tasks_are_batched_in_path_order_within_limits() -> None:
+    files = [InputFile(f"/d/f{i:03d}.log", 10, MTIME) for i in range(200)]
+    p = make_plan(files[::-1], {}, fmt="lines", chunk_size=1000, result_key=KEY, parts_dir=None)
+    batches = make_batches(p.run, workers=2, chunk_size=1000)
+    # 200 small files, 2 workers: 200 // 16 = 12 per batch, and at most 1000 bytes each
+    assert all(len(b.tasks) <= 12 and b.nbytes <= 1000 for b in batches)
+    assert len(batches) == 17
+    paths = [t.path for b in batches for t in b.tasks]
+    assert paths == sorted(paths)
+    assert len({b.batch_id for b in batches}) == len(batches)
+    assert make_batches(p.run, workers=2, chunk_size=1000) == batches  # deterministic
+
+
+def test_batch_of_one_is_named_like_its_task() -> None:
+    (task,) = new_tasks(InputFile("/d/a.log", 10, MTIME), "lines", 100, KEY, "new")
+    assert Batch.of((task,)).batch_id == task.task_id
+    assert Batch.of((task,)).part_name == f"{task.task_id}.jsonl"
 
 
 def test_plan_defaults_are_empty() -> None:

@@ -132,8 +132,8 @@ def test_prepare_removes_leftovers_in_tmp_only(parts_dir: Path) -> None:
 
 
 def test_part_writer_publishes_only_on_success(parts_dir: Path) -> None:
-    with parts.part_writer(str(parts_dir), "t1") as (handle, name):
-        assert name == parts.part_name("t1") == "t1.jsonl"
+    name = "t1.jsonl"
+    with parts.part_writer(str(parts_dir), name) as handle:
         handle.write(b'{"a":1}\n')
         assert not (parts_dir / name).exists()
         assert len(os.listdir(parts_dir / parts.TMP_DIR)) == 1
@@ -143,7 +143,7 @@ def test_part_writer_publishes_only_on_success(parts_dir: Path) -> None:
 
 
 def test_part_writer_cleans_up_on_failure(parts_dir: Path) -> None:
-    with pytest.raises(Boom), parts.part_writer(str(parts_dir), "t2") as (handle, _name):
+    with pytest.raises(Boom), parts.part_writer(str(parts_dir), "t2.jsonl") as handle:
         handle.write(b'{"a":1}\n')
         raise Boom
     assert sorted(os.listdir(parts_dir)) == [parts.TMP_DIR]
@@ -152,7 +152,7 @@ def test_part_writer_cleans_up_on_failure(parts_dir: Path) -> None:
 
 def test_part_writer_failure_keeps_an_earlier_complete_part(parts_dir: Path) -> None:
     (parts_dir / "t3.jsonl").write_bytes(b"complete\n")
-    with pytest.raises(Boom), parts.part_writer(str(parts_dir), "t3") as (handle, _):
+    with pytest.raises(Boom), parts.part_writer(str(parts_dir), "t3.jsonl") as handle:
         handle.write(b"half")
         raise Boom
     assert (parts_dir / "t3.jsonl").read_bytes() == b"complete\n"
@@ -432,6 +432,8 @@ def trow(
     result_key: str = "k",
     partials: dict | None = None,
     part: str | None = None,
+    part_size: int = 0,
+    part_offset: int = 0,
 ) -> TaskRow:
     return TaskRow(
         tid,
@@ -450,10 +452,16 @@ def trow(
         0,
         None if partials is None else json.dumps(partials),
         part,
-        0,
+        part_size,
         None,
         None,
+        part_offset,
     )
+
+
+def whole(pdir: Path, tid: str, part: str) -> TaskRow:
+    """A row whose records are the whole of ``part``."""
+    return trow(tid, part=part, part_size=os.path.getsize(pdir / part))
 
 
 def test_committed_filters_by_status_and_result_key() -> None:
@@ -481,10 +489,10 @@ def test_write_records_jsonl_concatenates_parts_in_row_order(tmp_path: Path) -> 
     write_part(pdir, "p2.jsonl", [])
     write_part(pdir, "p3.jsonl", [{"n": 3, "s": "é"}])
     rows = [
-        trow("3", part="p3.jsonl"),
+        whole(pdir, "3", "p3.jsonl"),
         trow("x", part=None),
-        trow("1", part="p1.jsonl"),
-        trow("2", part="p2.jsonl"),
+        whole(pdir, "1", "p1.jsonl"),
+        whole(pdir, "2", "p2.jsonl"),
     ]
     (tmp_path / "records.csv").write_text("stale\n")
     merge.write_records(tmp_path, pdir, "jsonl", rows)
@@ -493,6 +501,21 @@ def test_write_records_jsonl_concatenates_parts_in_row_order(tmp_path: Path) -> 
     )
     assert not (tmp_path / "records.csv").exists()
     assert temp_leftovers(tmp_path) == []
+
+
+def test_write_records_reads_each_task_at_its_place_in_a_shared_part(tmp_path: Path) -> None:
+    pdir = tmp_path / "parts"
+    pdir.mkdir()
+    (pdir / "batch.jsonl").write_bytes(b'{"t":"a"}\n{"t":"b1"}\n{"t":"b2"}\n')
+    rows = [  # the ledger's order, not the part's
+        trow("b", part="batch.jsonl", part_offset=10, part_size=22),
+        trow("a", part="batch.jsonl", part_offset=0, part_size=10),
+    ]
+    merge.write_records(tmp_path, pdir, "jsonl", rows)
+    assert (tmp_path / "records.jsonl").read_bytes() == b'{"t":"b1"}\n{"t":"b2"}\n{"t":"a"}\n'
+    rows.append(trow("c", part="batch.jsonl", part_offset=30, part_size=10))  # past the end
+    with pytest.raises(OSError, match="shorter than the ledger says"):
+        merge.write_records(tmp_path, pdir, "jsonl", rows)
 
 
 def test_write_records_csv_header_values_and_removal(tmp_path: Path) -> None:
@@ -507,7 +530,7 @@ def test_write_records_csv_header_values_and_removal(tmp_path: Path) -> None:
         ],
     )
     (tmp_path / "records.jsonl").write_text("stale\n")
-    rows = [trow("1", part="p1.jsonl"), trow("2", part="p2.jsonl")]
+    rows = [whole(pdir, "1", "p1.jsonl"), whole(pdir, "2", "p2.jsonl")]
     merge.write_records(tmp_path, pdir, "csv", rows)
     assert not (tmp_path / "records.jsonl").exists()
     raw = (tmp_path / "records.csv").read_bytes().decode("utf-8")
@@ -546,7 +569,7 @@ def test_outputs_stay_valid_utf8_with_names_that_are_not(tmp_path: Path) -> None
     pdir = tmp_path / "parts"
     pdir.mkdir()
     (pdir / "p.jsonl").write_bytes(b'{"path":"/in/bad\\udcff.log","n":1}\n')
-    merge.write_records(tmp_path, pdir, "csv", [trow("1", part="p.jsonl")])
+    merge.write_records(tmp_path, pdir, "csv", [whole(pdir, "1", "p.jsonl")])
     text = (tmp_path / "records.csv").read_bytes().decode("utf-8")  # strict
     assert text.splitlines()[0] == "path,n"
     assert text.splitlines()[1].endswith(",1")

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from pipeline import worker
-from pipeline.models import InputFile, JobSpec, TaskResult, TaskSpec
+from pipeline.models import Batch, InputFile, JobSpec, TaskResult, TaskSpec
 from pipeline.planning import new_tasks, task_id
 from pipeline.store import parts
-from pipeline.worker import TaskRunner, make_encoder, run_task
+from pipeline.worker import TaskRunner, make_encoder, pool_run
 
 LOG_RE = r"^(?P<ip>\S+) (?P<status>\d{3}) (?P<bytes>\d+)"
 LOG_STEPS = (
@@ -141,7 +141,8 @@ def test_range_tasks_together_give_the_whole_file(parts_dir: Path, log_file: Pat
     for task in sorted(range_tasks(log_file, 7), key=lambda t: t.offset):
         result = runner.run(task)
         assert result.ok, result.error
-        lines += part_lines(parts_dir, result.part)
+        if result.part is not None:  # a range that owns no line has no part
+            lines += part_lines(parts_dir, result.part)
         counts[0] += result.records_in
         counts[1] += result.records_out
         counts[2] += result.malformed
@@ -161,14 +162,15 @@ def test_many_records_are_all_written(parts_dir: Path, tmp_path: Path) -> None:
     assert result.partials["bytes"]["int"] == sum(range(10_000))
 
 
-def test_empty_range_gives_an_empty_part(parts_dir: Path, tmp_path: Path) -> None:
+def test_empty_range_gives_no_part(parts_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "empty.log"
     path.write_bytes(b"")
     (task,) = range_tasks(path, 100)
     result = TaskRunner(job(parts_dir)).run(task)
     assert result.ok
     assert (result.records_in, result.records_out, result.part_size) == (0, 0, 0)
-    assert (parts_dir / result.part).read_bytes() == b""
+    assert result.part is None
+    assert os.listdir(parts_dir) == [parts.TMP_DIR]
     assert result.partials["requests"] == 0
 
 
@@ -263,7 +265,31 @@ def test_step_that_raises_in_a_later_range_names_the_absolute_offset(
     failed = [r for r in results if not r.ok]
     assert len(failed) == 1
     assert f"record at byte offset {offset}:" in failed[0].error
-    assert len(os.listdir(parts_dir)) == len(results)  # the other tasks' parts + .tmp
+    published = {r.part for r in results if r.ok and r.part}
+    assert sorted(os.listdir(parts_dir)) == sorted([*published, parts.TMP_DIR])
+    assert not any(r.part for r in failed)
+
+
+def test_a_batch_shares_one_part_and_a_failed_task_leaves_nothing_in_it(
+    parts_dir: Path, tmp_path: Path, plugin
+) -> None:
+    module = plugin(FAILING_PLUGIN)
+    runner = TaskRunner(job(parts_dir, steps=({"call": f"{module}:explode_on_three"},)))
+    texts = {"a.log": "1.1.1.1 200 1\n", "b.log": "3.3.3.3 200 3\n", "c.log": "2.2.2.2 200 2\n"}
+    tasks = []
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+        (task,) = range_tasks(tmp_path / name, 1000)
+        tasks.append(task)
+    batch = Batch.of(tuple(tasks))
+    a, b, c = runner.run_batch(batch)
+    assert (a.ok, b.ok, c.ok) == (True, False, True)
+    assert a.part == c.part == batch.part_name and b.part is None
+    data = (parts_dir / batch.part_name).read_bytes()
+    assert data[a.part_offset : a.part_offset + a.part_size] == b'{"line":"1.1.1.1 200 1"}\n'
+    assert data[c.part_offset : c.part_offset + c.part_size] == b'{"line":"2.2.2.2 200 2"}\n'
+    assert len(data) == a.part_size + c.part_size  # nothing of b
+    assert leftovers(parts_dir) == []
 
 
 def test_step_that_raises_without_writing_records(tmp_path: Path, log_file: Path, plugin):
@@ -312,24 +338,25 @@ def test_corrupt_compressed_input_is_an_error_result(parts_dir: Path, tmp_path: 
     assert os.listdir(parts_dir) == [parts.TMP_DIR] and leftovers(parts_dir) == []
 
 
-# --- run_task / init_worker ------------------------------------------------------------
+# --- pool_run / init_worker ------------------------------------------------------------
 
 
-def test_run_task_before_init_returns_an_error_result(
+def test_pool_run_before_init_returns_an_error_result(
     monkeypatch: pytest.MonkeyPatch, log_file: Path
 ) -> None:
     monkeypatch.setattr(worker, "_PROCESS", {})
     task = whole_task(log_file)
-    result = run_task(task)
+    batch_id, (result,) = pool_run(Batch.of((task,)))
+    assert batch_id == task.task_id
     assert isinstance(result, TaskResult)
     assert (result.task_id, result.ok, result.error_kind) == (task.task_id, False, "error")
     assert str(log_file) in result.error
     assert "not initialised" in result.error
 
 
-def test_run_task_reports_a_failed_init(monkeypatch: pytest.MonkeyPatch, log_file: Path):
+def test_pool_run_reports_a_failed_init(monkeypatch: pytest.MonkeyPatch, log_file: Path):
     monkeypatch.setattr(worker, "_PROCESS", {"error": "ValueError: step 1: bad regex"})
-    result = run_task(whole_task(log_file))
+    _, (result,) = pool_run(Batch.of((whole_task(log_file),)))
     assert not result.ok
     assert "cannot start the worker" in result.error
     assert "bad regex" in result.error
@@ -338,7 +365,8 @@ def test_run_task_reports_a_failed_init(monkeypatch: pytest.MonkeyPatch, log_fil
 def in_pool(ctx: Any, job_spec: JobSpec, task: TaskSpec) -> TaskResult:
     pool = ctx.Pool(1, initializer=worker.init_worker, initargs=(job_spec,))
     try:
-        return pool.apply_async(run_task, (task,)).get(30)
+        _, (result,) = pool.apply_async(pool_run, (Batch.of((task,)),)).get(30)
+        return result
     finally:
         pool.close()  # workers leave on the sentinel (they ignore SIGTERM)
         pool.join()

@@ -1,0 +1,229 @@
+"""A columnar fast path for the commonest job: lines, a leading ``regex``, then only
+``types``, ``filter``, ``select`` and ``rename`` — the shape of almost every log job.
+
+The generic path builds a dict per line and runs each step on it (several microseconds
+a line). Here a whole block of lines is matched by one ``finditer`` (the per-line loop
+runs inside the regex engine), the named groups become columns, types are converted a
+column at a time (a whole column of plain integers is checked by one regex and converted
+by ``map(int, ...)``), filters become row masks, and stats take whole columns. Records
+are built as dicts only when they are written out.
+
+It must give exactly what the generic path gives, so it declines whatever it cannot
+reproduce exactly: a pattern with lookbehind or ``\\A``/``\\Z``, a block with a ``\\r`` or
+bytes that do not decode, a match that runs past its line's end, a value that does not
+convert cleanly. A declined block goes through the generic path, line by line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from itertools import compress
+from typing import Any
+
+from pipeline.conditions import compile_column_condition
+from pipeline.steps import convert_value
+
+Columns = dict[str, list[Any]]
+
+_LEADING_FLAGS = re.compile(r"^\(\?[aiLmsux]+\)")
+_UNSAFE = ("(?<=", "(?<!", "\\A", "\\Z", "\\z")
+_INT_COLUMN = re.compile(r"[+-]?[0-9]+(?:\n[+-]?[0-9]+)*")
+_FLOAT_COLUMN = re.compile(
+    r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+    r"(?:\n[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)*"
+)
+
+
+class Declined(Exception):
+    """The fast path cannot reproduce the generic path exactly for this block."""
+
+
+def _anchored(pattern: str) -> re.Pattern[str] | None:
+    """``pattern`` matched at every line start of a block (``re.match`` per line)."""
+    if any(token in pattern for token in _UNSAFE):
+        return None
+    flags = _LEADING_FLAGS.match(pattern)
+    head = flags.group(0) if flags else ""
+    try:
+        # The tail consumes the rest of the line, so the next search starts right at the
+        # next line (not at every character in between) and group(0) is the whole line.
+        # It always matches, so it never changes what the pattern itself captures.
+        return re.compile(f"{head}^(?:{pattern[len(head) :]})[^\n]*", re.MULTILINE)
+    except re.error:
+        return None
+
+
+def _convert_column(values: list[Any], kind: str, nulls: frozenset[str]) -> tuple[list, list]:
+    """Converted values and the indexes of rows whose value does not convert."""
+    if not nulls and (kind == "int" or kind == "float"):
+        try:
+            joined = "\n".join(values)
+        except TypeError:  # a None among them
+            joined = None
+        pattern = _INT_COLUMN if kind == "int" else _FLOAT_COLUMN
+        if joined is not None and pattern.fullmatch(joined):
+            return list(map(int if kind == "int" else float, values)), []
+    out: list[Any] = []
+    bad: list[int] = []
+    for i, value in enumerate(values):
+        if value is None or (type(value) is str and value in nulls):
+            out.append(None)
+            continue
+        try:
+            out.append(convert_value(kind, value))
+        except (ValueError, TypeError, OverflowError):
+            out.append(None)
+            bad.append(i)
+    return out, bad
+
+
+def _keep_rows(columns: Columns, keep: list[bool]) -> Columns:
+    return {name: list(compress(values, keep)) for name, values in columns.items()}
+
+
+class LinePlan:
+    """The compiled fast path of one job (built once per worker)."""
+
+    def __init__(
+        self,
+        rx: re.Pattern[str],
+        names: tuple[str, ...],
+        need_line: bool,
+        ops: Sequence[Callable[[Columns, int], tuple[Columns, int, int]]],
+    ) -> None:
+        self.rx = rx
+        self.names = names  # the groups worth extracting, in pattern order
+        self._index = tuple(rx.groupindex[n] for n in names)
+        self.need_line = need_line
+        self.ops = ops
+
+    @classmethod
+    def compile(
+        cls, fmt: str, steps: Sequence[Mapping[str, Any]], write_records: bool, stat_fields: set
+    ) -> LinePlan | None:
+        """The plan, or None when the job is not of the shape this path handles."""
+        if fmt != "lines" or not steps or "regex" not in steps[0]:
+            return None
+        regex = steps[0]["regex"]
+        if regex.get("field") != "line":
+            return None
+        rx = _anchored(regex["pattern"])
+        if rx is None:
+            return None
+        names = tuple(rx.groupindex)
+        if len(names) != rx.groups or "line" in names:
+            return None  # unnamed groups, or a group named "line": keep it simple
+        fields = ["line", *names]  # the record's keys, in order, after the regex
+        ops: list[Callable[[Columns, int], tuple[Columns, int, int]]] = []
+        referenced: set[str] = set(stat_fields)
+        for spec in steps[1:]:
+            ((name, arg),) = spec.items()
+            if name == "types":
+                conversions = dict(arg["fields"])
+                if not set(conversions) <= set(fields):
+                    return None  # a field that may be missing: the generic path knows how
+                ops.append(_types_op(conversions, frozenset(arg.get("nulls") or ())))
+                referenced |= set(conversions)
+            elif name == "filter":
+                ops.append(_filter_op(arg))
+                referenced |= set(arg)
+            elif name == "select":
+                kept = [f for f in dict.fromkeys(arg) if f in fields]
+                ops.append(_select_op(kept))
+                fields = kept
+            elif name == "rename":
+                mapping = dict(arg)
+                renamed = [mapping.get(f, f) for f in fields]
+                if len(set(renamed)) != len(renamed):
+                    return None  # a rename onto an existing field
+                referenced |= set(mapping)
+                ops.append(_rename_op(mapping))
+                fields = renamed
+            else:
+                return None  # call: arbitrary code, record by record
+        if write_records or any("rename" in spec for spec in steps):
+            wanted = set(names)  # everything may reach the output (or hide behind a new name)
+        else:
+            wanted = referenced & set(names)  # only what a step or a stat looks at
+        need_line = "line" in referenced or (write_records and "line" in fields)
+        return cls(rx, tuple(n for n in names if n in wanted), need_line, ops)
+
+    def run_block(self, text: str) -> tuple[Columns, int, int, int]:
+        """(columns, rows, lines, malformed) for a block of whole lines, or raise Declined."""
+        if "\r" in text:
+            raise Declined  # CRLF: the generic path strips the \r before matching
+        found = list(self.rx.finditer(text))
+        ends_with_newline = text.endswith("\n")
+        if ends_with_newline and found and found[-1].start() == len(text):
+            found.pop()  # "^" also matches after the final newline: not a line
+        lines = text.count("\n") + (0 if ends_with_newline else 1)
+        rows = len(found)
+        index = self._index
+        if index and rows:
+            extracted = list(zip(*(m.group(0, *index) for m in found), strict=True))
+        elif index:
+            extracted = [() for _ in range(len(index) + 1)]
+        else:
+            extracted = [tuple(m.group() for m in found)]
+        whole = extracted[0]
+        if "\n" in "".join(whole):
+            raise Declined  # the pattern ran past the end of a line
+        columns: Columns = {"line": list(whole)} if self.need_line else {}
+        for name, values in zip(self.names, extracted[1:], strict=True):
+            columns[name] = list(values)
+        malformed = lines - rows
+        for op in self.ops:
+            columns, rows, bad = op(columns, rows)
+            malformed += bad
+        return columns, rows, lines, malformed
+
+
+def _types_op(conversions: dict[str, str], nulls: frozenset[str]):
+    def types(columns: Columns, rows: int) -> tuple[Columns, int, int]:
+        dropped: set[int] = set()
+        for field, kind in conversions.items():
+            columns[field], bad = _convert_column(columns[field], kind, nulls)
+            dropped.update(bad)
+        if not dropped:
+            return columns, rows, 0
+        keep = [i not in dropped for i in range(rows)]
+        return _keep_rows(columns, keep), rows - len(dropped), len(dropped)
+
+    return types
+
+
+def _filter_op(spec: Mapping[str, Any]):
+    condition = compile_column_condition(spec)
+
+    def keep_if(columns: Columns, rows: int) -> tuple[Columns, int, int]:
+        keep = condition(columns, rows)
+        kept = sum(keep)
+        if kept == rows:
+            return columns, rows, 0
+        return _keep_rows(columns, keep), kept, 0
+
+    return keep_if
+
+
+def _select_op(fields: list[str]):
+    def select(columns: Columns, rows: int) -> tuple[Columns, int, int]:
+        # a field nothing looks at may not have been extracted at all
+        return {f: columns[f] for f in fields if f in columns}, rows, 0
+
+    return select
+
+
+def _rename_op(mapping: dict[str, str]):
+    def rename(columns: Columns, rows: int) -> tuple[Columns, int, int]:
+        return {mapping.get(f, f): values for f, values in columns.items()}, rows, 0
+
+    return rename
+
+
+def records_of(columns: Columns, rows: int) -> list[dict[str, Any]]:
+    """The rows as the generic path's record dicts (same keys, same order)."""
+    if not columns:
+        return [{} for _ in range(rows)]
+    names = list(columns)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
