@@ -6,13 +6,18 @@ same config (same result key: only failed or unfinished tasks run again):
 
 ``FAULT_MODE``
     what to do on a matching record: ``kill`` (SIGKILL itself), ``exit`` (``os._exit(3)``),
-    ``sysexit`` (raise ``SystemExit``), ``raise`` (raise ``ValueError``), ``hang``
-    (sleep for an hour), ``kill_once`` (SIGKILL itself, first time only),
+    ``sysexit`` (raise ``SystemExit``), ``kbi`` (raise ``KeyboardInterrupt``), ``raise``
+    (raise ``ValueError``), ``hang`` (sleep for an hour), ``kill_once`` (SIGKILL itself,
+    first time only),
     ``kill_idle_siblings`` (once: wait until the other pool workers are idle, SIGKILL them),
     ``die_in_worker_init`` (every pool worker dies while the Pool initializer compiles the
     steps; nothing happens in the parent).
 ``FAULT_MATCH``
     comma-separated substrings; a record whose ``line`` contains one of them matches.
+``FAULT_SLOW_FORK``
+    seconds: every process forked from the parent (fork start method) sleeps that long
+    right after ``fork()``, before it runs anything else; widens the window between a pool
+    worker's birth and its initializer.
 ``FAULT_DIR``
     a folder for bookkeeping: ``hits`` gets one line ``<pid>`` per matching record seen
     (so a test learns attempts and worker pids black-box), ``once-*`` files make the
@@ -26,6 +31,7 @@ worker in ``die_in_worker_init`` mode.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -33,6 +39,7 @@ import time
 from typing import Any
 
 MODE_VAR = "FAULT_MODE"
+SLOW_FORK_VAR = "FAULT_SLOW_FORK"
 MATCH_VAR = "FAULT_MATCH"
 DIR_VAR = "FAULT_DIR"
 INIT_DEATH = "die_in_worker_init"
@@ -47,6 +54,14 @@ def _in_worker() -> bool:
 # die right there. (The parent imports it too, to validate the config: it must survive.)
 if os.environ.get(MODE_VAR) == INIT_DEATH and _in_worker():
     os._exit(INIT_DEATH_STATUS)
+
+
+def _slow_start() -> None:
+    time.sleep(float(os.environ[SLOW_FORK_VAR]))
+
+
+if os.environ.get(SLOW_FORK_VAR) and not _in_worker():
+    os.register_at_fork(after_in_child=_slow_start)
 
 
 def _matches(line: str) -> bool:
@@ -84,22 +99,27 @@ def _ppid(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-def _sibling_pool_workers() -> dict[int, str]:
-    """Pid -> announcement file of the *other* workers of this pool: the processes with
-    an announcement file (``<parts>/.tmp/worker-<pid>``, written by every pool worker at
-    start-up) that share this worker's parent."""
+def _parts_dir() -> str:
+    from pipeline import worker
+
+    return worker._PROCESS["runner"].job.parts_dir
+
+
+def _sibling_pool_workers(parts_dir: str) -> list[int]:
+    """The *other* workers of this pool: processes that share this worker's parent and
+    have an announcement file (``<parts>/.tmp/worker-<pid>``, which every pool worker
+    creates in its initializer). The parent's other children (the Manager, the resource
+    tracker) have none."""
     from pipeline import worker  # the package's own per-worker announcement files
 
-    parts_dir = worker._PROCESS["runner"].job.parts_dir
     me, parent = os.getpid(), os.getppid()
-    siblings: dict[int, str] = {}
     folder = os.path.dirname(worker.announcement_path(parts_dir, me))
-    for name in os.listdir(folder):
-        if not name.startswith("worker-"):
-            continue
-        pid = int(name.removeprefix("worker-"))
-        if pid != me and _ppid(pid) == parent:
-            siblings[pid] = parts_dir
+    siblings = []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("worker-"):
+            pid = int(name.removeprefix("worker-"))
+            if pid != me and _ppid(pid) == parent:
+                siblings.append(pid)
     return siblings
 
 
@@ -110,28 +130,31 @@ def _kill_idle_siblings() -> None:
     the deaths while this task is still in flight."""
     from pipeline import worker
 
+    parts_dir = _parts_dir()
     deadline = time.monotonic() + 5.0
     idle_since: float | None = None
-    siblings: dict[int, str] = {}
+    siblings: list[int] = []
+    settled = False
     while time.monotonic() < deadline:
-        siblings = _sibling_pool_workers()
+        siblings = _sibling_pool_workers(parts_dir)
         idle = bool(siblings) and all(
-            worker.read_announcement(parts_dir, pid) is None for pid, parts_dir in siblings.items()
+            worker.read_announcement(parts_dir, pid) is None for pid in siblings
         )
         if not idle:
             idle_since = None
         elif idle_since is None:
             idle_since = time.monotonic()
         elif time.monotonic() - idle_since >= 0.3:
+            settled = True
             break
         time.sleep(0.02)
+    # One line per victim: "<pid> idle" when all had been idle for 0.3 s, else "<pid> busy".
+    state = "idle" if settled else "busy"
     with open(os.path.join(_fault_dir(), "killed"), "a", encoding="ascii") as handle:
-        handle.write("".join(f"{pid}\n" for pid in siblings))
+        handle.write("".join(f"{pid} {state}\n" for pid in siblings))
     for pid in siblings:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     time.sleep(0.5)
 
 
@@ -147,6 +170,8 @@ def fault_step(record: dict[str, Any]) -> dict[str, Any]:
         os._exit(3)
     elif mode == "sysexit":
         raise SystemExit("injected SystemExit")
+    elif mode == "kbi":
+        raise KeyboardInterrupt("injected KeyboardInterrupt")
     elif mode == "raise":
         raise ValueError("injected failure")
     elif mode == "hang":
@@ -154,9 +179,8 @@ def fault_step(record: dict[str, Any]) -> dict[str, Any]:
     elif mode == "kill_once":
         if _first_time("kill"):
             os.kill(os.getpid(), signal.SIGKILL)
-    elif mode == "kill_idle_siblings":
-        if _first_time("siblings"):
-            _kill_idle_siblings()
+    elif mode == "kill_idle_siblings" and _first_time("siblings"):
+        _kill_idle_siblings()
     return record
 
 
