@@ -35,7 +35,7 @@ from pipeline.config import PipelineConfig
 from pipeline.discovery import discover
 from pipeline.errors import ConfigError, ExecutionError, ExitCode, StoreError
 from pipeline.executors import ExecutorOptions, Outcome, make_executor
-from pipeline.executors.process import get_context
+from pipeline.executors.process import get_context, helpers_shielded
 from pipeline.live import LiveStats
 from pipeline.models import InputFile, JobSpec, SkippedInput, TaskResult, TaskSpec
 from pipeline.planning import Plan, make_batches, make_plan
@@ -292,10 +292,10 @@ class Run:
 
     def _start_manager(self) -> SyncManager:
         # A fresh random key per run: only this run's processes can talk to its Manager.
-        manager = SyncManager(
-            ctx=get_context(self.cfg.execution.start_method), authkey=os.urandom(32)
-        )
-        manager.start(initializer=worker.init_manager)
+        context = get_context(self.cfg.execution.start_method)
+        manager = SyncManager(ctx=context, authkey=os.urandom(32))
+        with helpers_shielded(context):
+            manager.start(initializer=worker.init_manager)
         return manager
 
     def _live_stats(self, manager: SyncManager | None) -> LiveStats:

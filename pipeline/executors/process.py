@@ -29,6 +29,7 @@ import contextlib
 import logging
 import multiprocessing
 import multiprocessing.pool
+import multiprocessing.resource_tracker
 import queue
 import signal
 import threading
@@ -54,6 +55,47 @@ def get_context(start_method: str) -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context(None if start_method == "auto" else start_method)
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in this thread; threads it starts meanwhile inherit the
+    mask, so a stop signal is only ever taken by the main thread's handlers. Signals sent
+    meanwhile stay pending and are delivered when the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def helpers_shielded(context: multiprocessing.context.BaseContext) -> Iterator[None]:
+    """Start helper processes (workers, the fork server, the Manager) shielded from stop
+    signals from their first instruction: they inherit "ignore" (also across the exec of
+    spawn and of the fork server, which resets the signal mask), so Ctrl-C or a service
+    manager's SIGTERM to the whole group never kills one that has not yet run its
+    initializer. This process blocks the signals meanwhile (blocked signals are queued
+    even while ignored), restores its handlers, then takes what arrived."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if context.get_start_method() != "fork":
+        # Started on first use, the resource tracker unblocks SIGINT/SIGTERM when done
+        # (multiprocessing.resource_tracker): start it now, before anything is blocked.
+        multiprocessing.resource_tracker.ensure_running()
+    with stop_signals_blocked():
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
 def _pool_processes(pool: multiprocessing.pool.Pool) -> list[Any]:
     return list(getattr(pool, "_pool", []))
 
@@ -64,7 +106,8 @@ def abandon_pool(pool: multiprocessing.pool.Pool, grace: float = 0.2) -> None:
     first stops the pool from spawning replacements — and every worker is then SIGKILLed."""
     processes = _pool_processes(pool)
     stopper = threading.Thread(target=pool.terminate, name="abandon-pool", daemon=True)
-    stopper.start()
+    with stop_signals_blocked():
+        stopper.start()
     stopper.join(grace)
     for process in [*processes, *_pool_processes(pool)]:
         if process.exitcode is None:
@@ -79,7 +122,8 @@ def close_pool(pool: multiprocessing.pool.Pool, grace: float = JOIN_GRACE_S) -> 
     """Orderly end of a drained pool, bounded in time."""
     pool.close()
     joiner = threading.Thread(target=pool.join, name="join-pool", daemon=True)
-    joiner.start()
+    with stop_signals_blocked():
+        joiner.start()
     joiner.join(grace)
     if joiner.is_alive():
         log.warning("worker processes did not exit within %.0fs; killing them", grace)
@@ -273,9 +317,10 @@ class ProcessExecutor:
 
     def _new_pool(self) -> multiprocessing.pool.Pool:
         context = get_context(self.options.start_method)
-        return context.Pool(
-            self.options.workers, initializer=worker.init_worker, initargs=(self.options.job,)
-        )
+        with helpers_shielded(context):
+            return context.Pool(
+                self.options.workers, initializer=worker.init_worker, initargs=(self.options.job,)
+            )
 
     def run(
         self,

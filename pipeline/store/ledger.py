@@ -228,7 +228,9 @@ class Ledger:
 
     # --- runs -----------------------------------------------------------------------
     def start_run(self, name: str, result_key: str) -> int:
+        """A new run; earlier runs still marked running were killed (we hold the lock)."""
         try:
+            self._db.execute("UPDATE runs SET status = 'killed' WHERE status = 'running'")
             cur = self._db.execute(
                 "INSERT INTO runs (started, status, name, result_key) VALUES (?, 'running', ?, ?)",
                 (time.time(), name, result_key),
