@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 CONFIG ?= configs/access-logs.yaml
 ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: venv run test lint data bench clean
 
@@ -24,11 +26,21 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline tests data configs
-	$(BIN)/ruff format --check pipeline tests data configs
+	$(BIN)/ruff check pipeline tests data configs bench
+	$(BIN)/ruff format --check pipeline tests data configs bench
 
 data: $(STAMP)
 	$(BIN)/python data/generate.py --scale 50 --out data/generated
+
+# bench/run.py: pipeline vs hand-written baselines (joblib, mpire, dask.bag from the `bench`
+# extra; GNU parallel if installed). Results in bench/RESULTS.md. Example:
+#   make bench BENCH_ARGS="--quick"      # small data, one repeat: smoke test of the harness
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) out data/generated .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -27,6 +27,7 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Callable, Mapping
+from itertools import repeat
 from typing import Any
 
 OPS: tuple[str, ...] = ("==", "!=", "<", "<=", ">", ">=", "in", "not_in", "contains", "matches")
@@ -115,18 +116,23 @@ def compile_column_condition(spec: Mapping[str, Mapping[str, Any]]) -> ColumnCon
     """The same condition for records given column by column: ``(columns, rows)`` gives
     one bool per row. A field absent from ``columns`` is missing in every row."""
     compile_condition(spec)  # the same checks, the same errors
-    checks = [
-        (field, _compile_op(field, op, operand))
-        for field, ops in spec.items()
-        for op, operand in ops.items()
-    ]
+    checks = []
+    for field, ops in spec.items():
+        for op, operand in ops.items():
+            # A number compared with a column of plain numbers: no per-value type checks.
+            numeric = _ORDERING[op] if op in _ORDERING and kind_of(operand) == _NUM else None
+            checks.append((field, _compile_op(field, op, operand), numeric, operand))
 
     def mask(columns: Mapping[str, list[Any]], rows: int) -> list[bool]:
         keep: list[bool] | None = None
-        for field, pred in checks:
+        for field, pred, numeric, operand in checks:
             if field not in columns:
                 return [False] * rows
-            these = list(map(pred, columns[field]))
+            values = columns[field]
+            if numeric is not None and set(map(type, values)) <= {int, float}:
+                these = list(map(numeric, values, repeat(operand)))
+            else:
+                these = list(map(pred, values))
             keep = these if keep is None else [a and b for a, b in zip(keep, these, strict=True)]
         return keep if keep is not None else [True] * rows
 

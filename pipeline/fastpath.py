@@ -2,16 +2,16 @@
 ``types``, ``filter``, ``select`` and ``rename`` — the shape of almost every log job.
 
 The generic path builds a dict per line and runs each step on it (several microseconds
-a line). Here a whole block of lines is matched by one ``finditer`` (the per-line loop
-runs inside the regex engine), the named groups become columns, types are converted a
-column at a time (a whole column of plain integers is checked by one regex and converted
-by ``map(int, ...)``), filters become row masks, and stats take whole columns. Records
-are built as dicts only when they are written out.
+a line). Here a block of lines is split once and matched by ``map`` (the per-line loop
+runs in C, and each line is matched on its own exactly as the ``regex`` step does), only
+the groups that something looks at are extracted, as columns; types are converted a
+column at a time (a column of plain integers is checked by one regex and converted by
+``map(int, ...)``), filters become row masks, and stats take whole columns. Records are
+built as dicts only when they are written out.
 
-It must give exactly what the generic path gives, so it declines whatever it cannot
-reproduce exactly: a pattern with lookbehind or ``\\A``/``\\Z``, a block with a ``\\r`` or
-bytes that do not decode, a match that runs past its line's end, a value that does not
-convert cleanly. A declined block goes through the generic path, line by line.
+It must give exactly what the generic path gives, so a block it cannot reproduce
+exactly — one with a ``\\r`` or with bytes that do not decode — goes through the generic
+path, line by line; so does a value that does not convert cleanly.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from pipeline.steps import convert_value
 
 Columns = dict[str, list[Any]]
 
-_LEADING_FLAGS = re.compile(r"^\(\?[aiLmsux]+\)")
-_UNSAFE = ("(?<=", "(?<!", "\\A", "\\Z", "\\z")
 _INT_COLUMN = re.compile(r"[+-]?[0-9]+(?:\n[+-]?[0-9]+)*")
 _FLOAT_COLUMN = re.compile(
     r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
@@ -37,21 +35,6 @@ _FLOAT_COLUMN = re.compile(
 
 class Declined(Exception):
     """The fast path cannot reproduce the generic path exactly for this block."""
-
-
-def _anchored(pattern: str) -> re.Pattern[str] | None:
-    """``pattern`` matched at every line start of a block (``re.match`` per line)."""
-    if any(token in pattern for token in _UNSAFE):
-        return None
-    flags = _LEADING_FLAGS.match(pattern)
-    head = flags.group(0) if flags else ""
-    try:
-        # The tail consumes the rest of the line, so the next search starts right at the
-        # next line (not at every character in between) and group(0) is the whole line.
-        # It always matches, so it never changes what the pattern itself captures.
-        return re.compile(f"{head}^(?:{pattern[len(head) :]})[^\n]*", re.MULTILINE)
-    except re.error:
-        return None
 
 
 def _convert_column(values: list[Any], kind: str, nulls: frozenset[str]) -> tuple[list, list]:
@@ -87,14 +70,14 @@ class LinePlan:
 
     def __init__(
         self,
-        rx: re.Pattern[str],
+        rx: re.Pattern[str] | None,
         names: tuple[str, ...],
         need_line: bool,
         ops: Sequence[Callable[[Columns, int], tuple[Columns, int, int]]],
     ) -> None:
         self.rx = rx
         self.names = names  # the groups worth extracting, in pattern order
-        self._index = tuple(rx.groupindex[n] for n in names)
+        self._index = tuple(rx.groupindex[n] for n in names) if rx is not None else ()
         self.need_line = need_line
         self.ops = ops
 
@@ -103,13 +86,19 @@ class LinePlan:
         cls, fmt: str, steps: Sequence[Mapping[str, Any]], write_records: bool, stat_fields: set
     ) -> LinePlan | None:
         """The plan, or None when the job is not of the shape this path handles."""
-        if fmt != "lines" or not steps or "regex" not in steps[0]:
+        if fmt != "lines":
+            return None
+        if not steps:  # records are the lines themselves
+            need = "line" in stat_fields or write_records
+            return cls(None, (), need, ())
+        if "regex" not in steps[0]:
             return None
         regex = steps[0]["regex"]
         if regex.get("field") != "line":
             return None
-        rx = _anchored(regex["pattern"])
-        if rx is None:
+        try:
+            rx = re.compile(regex["pattern"])
+        except re.error:
             return None
         names = tuple(rx.groupindex)
         if len(names) != rx.groups or "line" in names:
@@ -152,31 +141,42 @@ class LinePlan:
     def run_block(self, text: str) -> tuple[Columns, int, int, int]:
         """(columns, rows, lines, malformed) for a block of whole lines, or raise Declined."""
         if "\r" in text:
-            raise Declined  # CRLF: the generic path strips the \r before matching
-        found = list(self.rx.finditer(text))
-        ends_with_newline = text.endswith("\n")
-        if ends_with_newline and found and found[-1].start() == len(text):
-            found.pop()  # "^" also matches after the final newline: not a line
-        lines = text.count("\n") + (0 if ends_with_newline else 1)
-        rows = len(found)
+            raise Declined  # CRLF: the generic path knows which \r to strip
+        lines = text.split("\n")
+        if text.endswith("\n"):
+            lines.pop()
+        if self.rx is None:
+            return ({"line": lines} if self.need_line else {}), len(lines), len(lines), 0
+        match = self.rx.match
         index = self._index
-        if index and rows:
-            extracted = list(zip(*(m.group(0, *index) for m in found), strict=True))
+        if self.need_line:
+            found = [m for m in map(match, lines) if m is not None]
+            rows = len(found)
+            extracted = [[m.string for m in found]]
+            if index:
+                extracted += zip(*(m.group(0, *index)[1:] for m in found), strict=True)
+        elif len(index) > 1:
+            picked = [m.group(*index) for m in map(match, lines) if m is not None]
+            rows = len(picked)
+            extracted = [(), *zip(*picked, strict=True)]
         elif index:
-            extracted = [() for _ in range(len(index) + 1)]
+            (i,) = index
+            picked = [m.group(i) for m in map(match, lines) if m is not None]
+            rows = len(picked)
+            extracted = [(), picked]
         else:
-            extracted = [tuple(m.group() for m in found)]
-        whole = extracted[0]
-        if "\n" in "".join(whole):
-            raise Declined  # the pattern ran past the end of a line
-        columns: Columns = {"line": list(whole)} if self.need_line else {}
+            rows = sum(1 for m in map(match, lines) if m is not None)
+            extracted = [()]
+        if not rows:
+            extracted = [() for _ in range(len(index) + 1)]
+        columns: Columns = {"line": list(extracted[0])} if self.need_line else {}
         for name, values in zip(self.names, extracted[1:], strict=True):
             columns[name] = list(values)
-        malformed = lines - rows
+        malformed = len(lines) - rows
         for op in self.ops:
             columns, rows, bad = op(columns, rows)
             malformed += bad
-        return columns, rows, lines, malformed
+        return columns, rows, len(lines), malformed
 
 
 def _types_op(conversions: dict[str, str], nulls: frozenset[str]):

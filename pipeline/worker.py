@@ -126,7 +126,7 @@ class TaskRunner:
         sink = _Sink(self, handle)
         try:
             check_unchanged(task)
-            if self.fast is not None and task.compression is None:
+            if self.fast is not None:
                 self._run_fast(task, counters, sink)
             else:
                 sink.consume(
