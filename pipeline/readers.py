@@ -171,58 +171,20 @@ def _iter_lines(
     stream: IO[bytes], pos: int, skip_partial: bool, limit: int, block_size: int
 ) -> Iterator[tuple[int, bytes]]:
     """Yield ``(start, line)`` for the lines starting before ``limit``, ``\\n`` and a
-    ``\\r`` before it removed.
+    ``\\r`` before it removed (``stream`` is positioned at ``pos``; see ``_blocks``)."""
+    for start, data in _blocks(stream, pos, skip_partial, limit, block_size):
+        yield from _split_block(start, data)
 
-    ``stream`` is positioned at ``pos``. With ``skip_partial`` the bytes up to and
-    including the first ``\\n`` belong to an earlier task's line and are skipped. Reads
-    stop at ``limit`` unless the last owned line goes on past it.
-    """
-    tail_size = min(TAIL_READ_SIZE, block_size)
-    carry: list[bytes] = []  # pieces of a line not yet terminated by a newline
-    line_start = pos
-    skipping = skip_partial
-    while True:
-        if pos < limit:
-            want = min(block_size, limit - pos)
-        else:
-            want = tail_size
-            tail_size = min(tail_size * 2, block_size)
-        block = stream.read(want)
-        if not block:
-            break
-        block_pos = pos
-        pos += len(block)
-        if skipping:
-            cut = block.find(b"\n")
-            if cut < 0:
-                if pos >= limit:
-                    return  # the next line would start past the range
-                continue
-            skipping = False
-            line_start = block_pos + cut + 1
-            if line_start >= limit:
-                return
-            block = block[cut + 1 :]
-        pieces = block.split(b"\n")
-        if len(pieces) == 1:
-            carry.append(block)  # joined once, when its newline arrives: no quadratic copy
-            continue
-        if carry:
-            carry.append(pieces[0])
-            pieces[0] = b"".join(carry)
-            carry = []
-        tail = pieces.pop()
-        for line in pieces:
-            if line_start >= limit:
-                return
-            yield line_start, (line[:-1] if line.endswith(b"\r") else line)
-            line_start += len(line) + 1
-        if line_start >= limit:
-            return
-        if tail:
-            carry.append(tail)
-    if carry and not skipping and line_start < limit:
-        yield line_start, b"".join(carry)  # last line without a newline; a "\r" is data
+
+def _split_block(start: int, data: bytes) -> Iterator[tuple[int, bytes]]:
+    """The lines of a block of whole lines, with their start offsets."""
+    pieces = data.split(b"\n")
+    last = pieces.pop()  # b"" when the block ends with a newline
+    for line in pieces:
+        yield start, (line[:-1] if line.endswith(b"\r") else line)
+        start += len(line) + 1
+    if last:  # the file's last line, without a newline: a "\r" there is data
+        yield start, last
 
 
 def iter_line_blocks(
@@ -252,6 +214,12 @@ def iter_line_blocks(
 def _blocks(
     stream: IO[bytes], pos: int, skipping: bool, limit: int, block_size: int
 ) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(start, data)``: runs of whole lines starting before ``limit``.
+
+    ``stream`` is positioned at ``pos``. With ``skipping`` the bytes up to and including
+    the first ``\\n`` belong to an earlier task's line and are skipped. Reads stop at
+    ``limit`` unless the last owned line goes on past it (then in small, growing reads).
+    """
     tail_size = min(TAIL_READ_SIZE, block_size)
     pending = b""  # the start of a line whose newline has not been read yet
     line_start = pos
@@ -301,17 +269,7 @@ def block_records(
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """The ``lines`` records of a block from ``iter_line_blocks``, exactly as
     ``iter_records`` gives them."""
-    pieces = data.split(b"\n")
-    last = pieces.pop()  # b"" when the block ends with a newline
-    position = start
-    for line in pieces:
-        counters.records_in += 1
-        text = _decode(line[:-1] if line.endswith(b"\r") else line, encoding, counters)
-        yield position, {"line": text}
-        position += len(line) + 1
-    if last:  # the file's last line, without a newline: a "\r" there is data
-        counters.records_in += 1
-        yield position, {"line": _decode(last, encoding, counters)}
+    return _line_records(_split_block(start, data), encoding, counters)
 
 
 def _decode(data: bytes, encoding: str, counters: ReadCounters) -> str:
