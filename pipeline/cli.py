@@ -157,7 +157,7 @@ def plan(config: ConfigArg, set_: SetOpt = None) -> None:
         if (cfg.output.dir / LEDGER_NAME).exists():
             ledger = Ledger(cfg.output.dir, readonly=True)
             try:
-                rows = list(ledger.tasks())
+                rows = list(ledger.tasks_for_planning())
             finally:
                 ledger.close()
         the_plan = plan_run(cfg, files, rows)

@@ -13,7 +13,7 @@ from typing import Any
 COMPRESSED_SUFFIXES = {".gz": "gz", ".bz2": "bz2", ".xz": "xz", ".zst": "zst"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InputFile:
     """A file found by discovery, with the fingerprint taken at discovery time."""
 
@@ -23,7 +23,7 @@ class InputFile:
     compression: str | None = None  # "gz" | "bz2" | "xz" | "zst" | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SkippedInput:
     """A path matched by a glob but not processed, and why."""
 
@@ -31,7 +31,7 @@ class SkippedInput:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobSpec:
     """Everything a worker needs to process any task of a run, as plain data."""
 
@@ -44,7 +44,7 @@ class JobSpec:
     import_dirs: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
     """One unit of work: a byte range of a file, or a whole file (``length is None``)."""
 
@@ -67,7 +67,7 @@ class TaskSpec:
         return f"bytes {self.offset}-{self.offset + self.length}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Batch:
     """Tasks that travel to a worker together and share one part file: small files are
     batched so that the per-task costs (a pipe round trip, a part file, an fsync, a
@@ -102,7 +102,7 @@ class Batch:
         return f"{first.path} and {len(self.tasks) - 1} more files"
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskResult:
     """What a worker hands back per task: counts, stats partials, and where the task's
     records sit in its batch's part file (``part``, ``part_offset``, ``part_size``)."""

@@ -43,9 +43,18 @@ class Plan:
     skip: list[TaskSpec] = field(default_factory=list)
     drop_paths: list[str] = field(default_factory=list)  # files whose old tasks are replaced
 
-    @property
-    def run_bytes(self) -> int:
-        return sum(t.size if t.length is None else t.length for t in self.run)
+    n_run: int = 0  # the counts stay when the task lists are let go (forget_tasks)
+    n_skip: int = 0
+    run_bytes: int = 0
+
+    def settle(self) -> Plan:
+        self.n_run, self.n_skip = len(self.run), len(self.skip)
+        self.run_bytes = sum(t.size if t.length is None else t.length for t in self.run)
+        return self
+
+    def forget_tasks(self) -> None:
+        self.run = []
+        self.skip = []
 
     def reasons(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -130,7 +139,7 @@ def make_plan(
         if rows:
             plan.drop_paths.append(file.path)
         plan.run.extend(new_tasks(file, fmt, chunk_size, result_key, reason))
-    return plan
+    return plan.settle()
 
 
 def _task_bytes(task: TaskSpec) -> int:

@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.managers import SyncManager
 from pathlib import Path
@@ -37,7 +37,7 @@ from pipeline.errors import ConfigError, ExecutionError, ExitCode, StoreError
 from pipeline.executors import ExecutorOptions, Outcome, make_executor
 from pipeline.executors.process import get_context, helpers_shielded
 from pipeline.live import LiveStats
-from pipeline.models import InputFile, JobSpec, SkippedInput, TaskResult, TaskSpec
+from pipeline.models import Batch, InputFile, JobSpec, SkippedInput, TaskResult, TaskSpec
 from pipeline.planning import Plan, make_batches, make_plan
 from pipeline.reporting import Progress, choose_mode, summary_lines
 from pipeline.store import merge, parts
@@ -135,7 +135,7 @@ def discover_inputs(cfg: PipelineConfig) -> tuple[list[InputFile], list[SkippedI
     return files, skipped
 
 
-def rows_by_path(rows: list[TaskRow]) -> dict[str, list[TaskRow]]:
+def rows_by_path(rows: Iterable[TaskRow]) -> dict[str, list[TaskRow]]:
     grouped: dict[str, list[TaskRow]] = {}
     for row in rows:
         grouped.setdefault(row.path, []).append(row)
@@ -143,7 +143,7 @@ def rows_by_path(rows: list[TaskRow]) -> dict[str, list[TaskRow]]:
 
 
 def plan_run(
-    cfg: PipelineConfig, files: list[InputFile], rows: list[TaskRow], full: bool = False
+    cfg: PipelineConfig, files: list[InputFile], rows: Iterable[TaskRow], full: bool = False
 ) -> Plan:
     write_records = cfg.output.records != "none"
     return make_plan(
@@ -201,7 +201,7 @@ class Run:
         result_key = self.cfg.result_key()
         ledger = Ledger(self.out_dir)
         try:
-            plan = plan_run(self.cfg, files, list(ledger.tasks()), self.options.full)
+            plan = plan_run(self.cfg, files, ledger.tasks_for_planning(), self.options.full)
             run_id = ledger.start_run(self.cfg.name, result_key)
             ledger.replace_tasks(plan.drop_paths, plan.run, result_key, run_id)
         finally:
@@ -209,9 +209,9 @@ class Run:
         log.info(
             "%s: %d task(s) to run (%s), %d unchanged",
             self.cfg.name,
-            len(plan.run),
+            plan.n_run,
             _reason_text(plan),
-            len(plan.skip),
+            plan.n_skip,
         )
 
         kind = self._executor_kind(plan)
@@ -228,16 +228,17 @@ class Run:
             ),
         )
         batches = make_batches(plan.run, self.cfg.workers_resolved(), self.cfg.input.chunk_size)
-        budget = self.cfg.max_failures_for(len(plan.run))
+        plan.forget_tasks()  # the batches hold them now; _drain lets go as they run
+        budget = self.cfg.max_failures_for(plan.n_run)
         manager = self._start_manager() if kind == "process" else None
         progress = Progress(
-            choose_mode(self.options.progress, self.options.quiet), len(plan.run), plan.run_bytes
+            choose_mode(self.options.progress, self.options.quiet), plan.n_run, plan.run_bytes
         )
         # Workers never touch the ledger (under fork they inherit its descriptor, unused).
         ledger = Ledger(self.out_dir)
         try:
             live = self._live_stats(manager)
-            if plan.run:
+            if plan.n_run:
                 log.info("executor: %s", executor.describe())
 
             def on_outcome(outcome: Outcome) -> None:
@@ -252,7 +253,7 @@ class Run:
 
             try:
                 executor.run(
-                    iter(batches),
+                    _drain(batches),
                     on_outcome,
                     should_stop,
                     lambda: len(self.signals.received) > 1,
@@ -276,16 +277,16 @@ class Run:
         cost more than it saves: with ``workers: auto`` and no ``call`` step (no foreign
         code that could crash or hang the main process) such a job runs in-process."""
         kind = self.cfg.execution.executor
-        if kind != "process" or self.cfg.execution.workers != "auto" or not plan.run:
+        if kind != "process" or self.cfg.execution.workers != "auto" or not plan.n_run:
             return kind
         if any("call" in step for step in self.cfg.step_specs()):
             return kind
-        estimate = plan.run_bytes / TINY_RATE + len(plan.run) * TINY_PER_TASK_S
+        estimate = plan.run_bytes / TINY_RATE + plan.n_run * TINY_PER_TASK_S
         if estimate >= TINY_JOB_S:
             return kind
         log.info(
             "small job (%d task(s), %s): running in-process, not on a worker pool",
-            len(plan.run),
+            plan.n_run,
             format_size(plan.run_bytes),
         )
         return "serial"
@@ -348,7 +349,7 @@ class Run:
             self.state.fatal = f"no space left on device under {self.out_dir}; stopping"
             log.error("%s", self.state.fatal)
 
-    def _write_outputs(self, ledger: Ledger, done_rows: list[TaskRow], result_key: str) -> dict:
+    def _write_outputs(self, ledger: Ledger, result_key: str) -> dict:
         """records.* and stats.json from the committed tasks — unless they already show
         exactly this committed state (a run with nothing new rewrites nothing)."""
         state = f"{ledger.committed_state(result_key)}:{self.cfg.output.records}"
@@ -360,9 +361,14 @@ class Run:
         if current and ledger.get_meta("outputs_state") == state:
             with contextlib.suppress(OSError, ValueError):
                 return json.loads(stats_path.read_text(encoding="utf-8"))
-        stats = merge.merged_stats(self.cfg.stat_specs(), done_rows)
+        stats = merge.merged_stats(self.cfg.stat_specs(), ledger.committed(result_key))
         try:
-            merge.write_records(self.out_dir, self.parts_dir, self.cfg.output.records, done_rows)
+            merge.write_records(
+                self.out_dir,
+                self.parts_dir,
+                self.cfg.output.records,
+                lambda: ledger.committed(result_key),
+            )
             merge.write_json(stats_path, stats)
         except OSError as exc:
             raise StoreError(f"{self.out_dir}: cannot write the outputs: {exc}") from exc
@@ -372,10 +378,8 @@ class Run:
     def _finish(
         self, ledger: Ledger, plan: Plan, run_id: int, started: float, budget: int | None
     ) -> RunResult:
-        rows = list(ledger.tasks())
         result_key = self.cfg.result_key()
-        done_rows = merge.committed(rows, result_key)
-        stats = self._write_outputs(ledger, done_rows, result_key)
+        stats = self._write_outputs(ledger, result_key)
 
         signal_code = self.signals.exit_code
         if signal_code is not None:
@@ -384,7 +388,7 @@ class Run:
             status, exit_code = "failed", int(ExitCode.TASKS_FAILED)
         else:
             status, exit_code = "ok", int(ExitCode.OK)
-        total = len(plan.run) + len(plan.skip)
+        total = plan.n_run + plan.n_skip
         report = {
             "name": self.cfg.name,
             "run_id": run_id,
@@ -397,15 +401,10 @@ class Run:
                 "total": total,
                 "done": self.state.done,
                 "failed": self.state.failed,
-                "skipped": len(plan.skip),
-                "pending": total - self.state.done - self.state.failed - len(plan.skip),
+                "skipped": plan.n_skip,
+                "pending": total - self.state.done - self.state.failed - plan.n_skip,
             },
-            "records": {
-                "in": sum(r.records_in for r in done_rows),
-                "out": sum(r.records_out for r in done_rows),
-                "malformed": sum(r.malformed for r in done_rows),
-                "undecodable": sum(r.undecodable for r in done_rows),
-            },
+            "records": ledger.committed_counts(result_key),
             "run": {
                 "records": self.state.records,
                 "bytes_read": self.state.bytes_read,
@@ -422,10 +421,18 @@ class Run:
         except OSError as exc:
             raise StoreError(f"{self.out_dir}: cannot write report.json: {exc}") from exc
         ledger.finish_run(run_id, status, exit_code, report)
-        parts.remove_unreferenced(str(self.parts_dir), {r.part for r in rows if r.part})
+        parts.remove_unreferenced(str(self.parts_dir), ledger.part_names())
         for line in summary_lines(report, stats, str(self.out_dir)):
             log.info("%s", line)  # on the console unless --quiet; always in --log-file
         return RunResult(exit_code, report, stats)
+
+
+def _drain(batches: list[Batch]) -> Iterator[Batch]:
+    """Hand the batches out in order, letting go of each one as it goes (memory stays
+    bounded by what is in flight, not by the number of files)."""
+    batches.reverse()
+    while batches:
+        yield batches.pop()
 
 
 def _iso(timestamp: float) -> str:

@@ -62,7 +62,7 @@ CREATE INDEX IF NOT EXISTS tasks_by_path ON tasks (path, offset);
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskRow:
     """A task as the ledger remembers it."""
 
@@ -286,6 +286,35 @@ class Ledger:
         query = f"SELECT {_ROW_COLUMNS} FROM tasks ORDER BY path, offset"
         for values in self._db.execute(query):
             yield _row(values)
+
+    def tasks_for_planning(self) -> Iterator[TaskRow]:
+        """Every task, without its stats partials (planning never needs them)."""
+        columns = _ROW_COLUMNS.replace("partials,", "NULL,")
+        for values in self._db.execute(f"SELECT {columns} FROM tasks ORDER BY path, offset"):
+            yield _row(values)
+
+    def committed(self, result_key: str) -> Iterator[TaskRow]:
+        """The done tasks of the current result-affecting config, in output order —
+        streamed, so the final outputs never hold every row in memory."""
+        query = (
+            f"SELECT {_ROW_COLUMNS} FROM tasks WHERE status = 'done' AND result_key = ? "
+            "ORDER BY path, offset"
+        )
+        for values in self._db.execute(query, (result_key,)):
+            yield _row(values)
+
+    def committed_counts(self, result_key: str) -> dict[str, int]:
+        """``records`` of report.json: totals over the committed tasks."""
+        row = self._db.execute(
+            "SELECT total(records_in), total(records_out), total(malformed), "
+            "total(undecodable) FROM tasks WHERE status = 'done' AND result_key = ?",
+            (result_key,),
+        ).fetchone()
+        return dict(zip(("in", "out", "malformed", "undecodable"), map(int, row), strict=True))
+
+    def part_names(self) -> set[str]:
+        """Every part file some task still points at."""
+        return {r[0] for r in self._db.execute("SELECT DISTINCT part FROM tasks") if r[0]}
 
     def replace_tasks(
         self, drop_paths: Iterable[str], planned: Iterable[TaskSpec], result_key: str, run_id: int

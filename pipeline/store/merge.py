@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -38,7 +38,7 @@ def write_json(path: Path, value: Any) -> None:
         handle.write(b"\n")
 
 
-def merged_stats(specs: Mapping[str, Mapping[str, Any]], rows: Sequence[TaskRow]) -> dict:
+def merged_stats(specs: Mapping[str, Mapping[str, Any]], rows: Iterable[TaskRow]) -> dict:
     partials: dict | None = None
     for row in rows:
         partials = aggregates.merge_partials(specs, partials, row.partials)
@@ -53,7 +53,7 @@ def _csv_cell(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _record_bytes(parts_dir: Path, rows: Sequence[TaskRow]) -> Iterator[bytes]:
+def _record_bytes(parts_dir: Path, rows: Iterable[TaskRow]) -> Iterator[bytes]:
     """The committed records, task by task, as byte blocks read from the part files
     (a batch's part holds several tasks; consecutive tasks usually share one)."""
     handle: BinaryIO | None = None
@@ -96,10 +96,10 @@ def _lines(blocks: Iterable[bytes]) -> Iterator[str]:
             yield line.decode("utf-8")
 
 
-def _write_csv(target: Path, parts_dir: Path, rows: Sequence[TaskRow]) -> None:
+def _write_csv(target: Path, parts_dir: Path, rows: Callable[[], Iterable[TaskRow]]) -> None:
     """Columns are every key in order of first appearance, so two passes over the parts."""
     columns: dict[str, None] = {}
-    for line in _lines(_record_bytes(parts_dir, rows)):
+    for line in _lines(_record_bytes(parts_dir, rows())):
         for key in json.loads(line):
             columns.setdefault(key, None)
     header = list(columns)
@@ -107,14 +107,17 @@ def _write_csv(target: Path, parts_dir: Path, rows: Sequence[TaskRow]) -> None:
         text = io.TextIOWrapper(out, encoding="utf-8", errors="backslashreplace", newline="")
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(header)
-        for line in _lines(_record_bytes(parts_dir, rows)):
+        for line in _lines(_record_bytes(parts_dir, rows())):
             record = json.loads(line)
             writer.writerow([_csv_cell(record.get(key)) for key in header])
         text.flush()
         text.detach()
 
 
-def write_records(out_dir: Path, parts_dir: Path, records: str, rows: Sequence[TaskRow]) -> None:
+RowSource = Sequence[TaskRow] | Callable[[], Iterable[TaskRow]]
+
+
+def write_records(out_dir: Path, parts_dir: Path, records: str, rows: RowSource) -> None:
     """Rebuild records.jsonl / records.csv; the other form is removed if a config changed."""
     for kind, name in RECORDS_NAMES.items():
         if kind != records:
@@ -123,8 +126,9 @@ def write_records(out_dir: Path, parts_dir: Path, records: str, rows: Sequence[T
                 os.unlink(path)
     if records not in RECORDS_NAMES:
         return
+    again = rows if callable(rows) else (lambda: rows)  # csv reads the rows twice
     target = out_dir / RECORDS_NAMES[records]
     if records == "jsonl":
-        _write_jsonl(target, _record_bytes(parts_dir, rows))
+        _write_jsonl(target, _record_bytes(parts_dir, again()))
     else:
-        _write_csv(target, parts_dir, rows)
+        _write_csv(target, parts_dir, again)
