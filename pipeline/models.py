@@ -120,6 +120,7 @@ class TaskResult:
     part_size: int = 0
     duration_s: float = 0.0
     pid: int = 0
+    content: str | None = None  # digest of a small whole file, for touched-but-same checks
     error_kind: str | None = None  # error | crashed | timeout
     error: str | None = None
     traceback: str | None = None

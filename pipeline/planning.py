@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.chunking import is_splittable, split_ranges
+from pipeline.digest import file_digest
 from pipeline.models import Batch, InputFile, TaskSpec
 from pipeline.store.ledger import TaskRow
 
@@ -42,6 +43,7 @@ class Plan:
     run: list[TaskSpec] = field(default_factory=list)
     skip: list[TaskSpec] = field(default_factory=list)
     drop_paths: list[str] = field(default_factory=list)  # files whose old tasks are replaced
+    touched: list[tuple[str, int]] = field(default_factory=list)  # (path, new mtime_ns)
 
     n_run: int = 0  # the counts stay when the task lists are let go (forget_tasks)
     n_skip: int = 0
@@ -123,6 +125,9 @@ def make_plan(
             r.size == file.size and r.mtime_ns == file.mtime_ns for r in rows
         )
         same_config = bool(rows) and all(r.result_key == result_key for r in rows)
+        if rows and not same_input and same_config and not full and _only_touched(file, rows):
+            plan.touched.append((file.path, file.mtime_ns))
+            same_input = True
         if rows and same_input and same_config and not full:
             for row in rows:
                 reason = _reuse_reason(row, part_sizes, parts_dir or "")
@@ -140,6 +145,20 @@ def make_plan(
             plan.drop_paths.append(file.path)
         plan.run.extend(new_tasks(file, fmt, chunk_size, result_key, reason))
     return plan.settle()
+
+
+def _only_touched(file: InputFile, rows: Sequence[TaskRow]) -> bool:
+    """A small file whose mtime moved but whose bytes are those already processed (a
+    ``touch``, a copy that kept the content): checked by content, where that is cheap."""
+    if len(rows) != 1:
+        return False
+    (row,) = rows
+    if row.status != "done" or row.content is None or row.size != file.size:
+        return False
+    try:
+        return file_digest(file.path) == row.content
+    except OSError:
+        return False
 
 
 def _task_bytes(task: TaskSpec) -> int:

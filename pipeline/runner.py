@@ -203,7 +203,7 @@ class Run:
         try:
             plan = plan_run(self.cfg, files, ledger.tasks_for_planning(), self.options.full)
             run_id = ledger.start_run(self.cfg.name, result_key)
-            ledger.replace_tasks(plan.drop_paths, plan.run, result_key, run_id)
+            ledger.replace_tasks(plan.drop_paths, plan.run, result_key, run_id, plan.touched)
         finally:
             ledger.close()
         log.info(

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from pipeline import aggregates, fastpath, readers, steps
+from pipeline.digest import content_digest
 from pipeline.models import Batch, JobSpec, TaskResult, TaskSpec
 from pipeline.store.parts import TMP_DIR, part_writer
 
@@ -133,6 +134,7 @@ class TaskRunner:
                     readers.iter_records(task, self.job.format, self.job.encoding, counters)
                 )
             sink.flush()
+            result.content = content_digest(task)
             check_unchanged(task)
             result.partials = self.aggregators.partials(sink.state)
             result.records_out = sink.records_out

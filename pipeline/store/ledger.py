@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     part        TEXT,
     part_size   INTEGER,
     part_offset INTEGER,
+    content     TEXT,
     error_kind  TEXT,
     error       TEXT
 );
@@ -86,6 +87,7 @@ class TaskRow:
     error_kind: str | None
     error: str | None
     part_offset: int = 0  # where this task's records start in its batch's part file
+    content: str | None = None  # digest of a small whole file (see worker.content_digest)
 
     @property
     def partials(self) -> dict[str, Any] | None:
@@ -108,7 +110,7 @@ class TaskRow:
 _ROW_COLUMNS = (
     "task_id, path, offset, length, size, mtime_ns, compression, result_key, status, "
     "attempts, records_in, records_out, malformed, undecodable, partials, part, part_size, "
-    "error_kind, error, part_offset"
+    "error_kind, error, part_offset, content"
 )
 
 
@@ -134,6 +136,7 @@ def _row(values: tuple[Any, ...]) -> TaskRow:
         ekind,
         error,
         part_offset,
+        content,
     ) = values
     return TaskRow(
         task_id,
@@ -156,6 +159,7 @@ def _row(values: tuple[Any, ...]) -> TaskRow:
         ekind,
         error,
         part_offset or 0,
+        content,
     )
 
 
@@ -189,6 +193,8 @@ class Ledger:
                 columns = {r[1] for r in self._db.execute("PRAGMA table_info(tasks)")}
                 if "part_offset" not in columns:  # a ledger from before batching
                     self._db.execute("ALTER TABLE tasks ADD COLUMN part_offset INTEGER")
+                if "content" not in columns:
+                    self._db.execute("ALTER TABLE tasks ADD COLUMN content TEXT")
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
@@ -317,11 +323,21 @@ class Ledger:
         return {r[0] for r in self._db.execute("SELECT DISTINCT part FROM tasks") if r[0]}
 
     def replace_tasks(
-        self, drop_paths: Iterable[str], planned: Iterable[TaskSpec], result_key: str, run_id: int
+        self,
+        drop_paths: Iterable[str],
+        planned: Iterable[TaskSpec],
+        result_key: str,
+        run_id: int,
+        touched: Iterable[tuple[str, int]] = (),
     ) -> None:
         """In one transaction: forget the tasks of changed files, record the new plan as
-        pending (tasks already known keep their attempts)."""
+        pending (tasks already known keep their attempts), and note the new mtime of
+        files that were only touched (same content)."""
         with self._transaction() as db:
+            db.executemany(
+                "UPDATE tasks SET mtime_ns = ? WHERE path = ?",
+                ((mtime_ns, os.fsencode(path)) for path, mtime_ns in touched),
+            )
             db.executemany(
                 "DELETE FROM tasks WHERE path = ?", ((os.fsencode(p),) for p in drop_paths)
             )
@@ -370,6 +386,7 @@ class Ledger:
                 r.part_size,
                 r.error_kind,
                 _text(r.error),
+                r.content,
                 r.task_id,
             )
             for r in results
@@ -379,6 +396,6 @@ class Ledger:
                 "UPDATE tasks SET status = ?, attempts = ?, run_id = ?, finished = ?,"
                 " duration_s = ?, records_in = ?, records_out = ?, malformed = ?,"
                 " undecodable = ?, bytes_read = ?, partials = ?, part = ?, part_offset = ?,"
-                " part_size = ?, error_kind = ?, error = ? WHERE task_id = ?",
+                " part_size = ?, error_kind = ?, error = ?, content = ? WHERE task_id = ?",
                 rows,
             )

@@ -506,3 +506,22 @@ def test_second_run_exits_75_while_the_lock_is_held(tmp_path: Path, job: Path) -
         os.close(fd)
     # released: runs again
     ok(run(job))
+
+
+def test_touched_files_are_not_processed_again(tmp_path: Path, job: Path) -> None:
+    """A file whose mtime moved but whose bytes did not (touch, cp -p of the same data)
+    is checked by content (small files) and skipped; a same-size edit is not."""
+    ok(run(job))
+    records = (tmp_path / "out" / "records.jsonl").read_bytes()
+    target = tmp_path / "data" / "c.log"  # one task: read whole, so it has a digest
+    stat = target.stat()
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert {reason for reason, _ in plan_rows(job)} == {"unchanged"}
+    ok(run(job))
+    report = load(tmp_path / "out" / "report.json")
+    assert report["tasks"]["done"] == 0 and report["tasks"]["skipped"] == report["tasks"]["total"]
+    assert (tmp_path / "out" / "records.jsonl").read_bytes() == records
+    data = target.read_bytes()
+    target.write_bytes(data.replace(b"200", b"201", 1))  # same size, other bytes
+    rows = plan_rows(job)
+    assert {reason for reason, name in rows if name == target.name} == {"changed"}

@@ -457,3 +457,23 @@ def test_batch_of_one_is_named_like_its_task() -> None:
 def test_plan_defaults_are_empty() -> None:
     p = Plan()
     assert (p.run, p.skip, p.drop_paths, p.run_bytes, p.reasons()) == ([], [], [], 0, {})
+
+
+def test_a_touched_small_file_with_the_same_bytes_is_unchanged(tmp_path: Path) -> None:
+    from pipeline.digest import file_digest
+
+    path = tmp_path / "a.log"
+    path.write_bytes(b"one\ntwo\n")
+    old = InputFile(str(path), 8, MTIME)
+    (row,) = rows_for(old, 100, part=None)
+    row = dataclasses.replace(row, length=None, content=file_digest(str(path)))
+    touched = InputFile(str(path), 8, MTIME + 5)
+    p = plan([touched], {touched.path: [row]}, parts_dir=tmp_path)
+    assert [t.reason for t in p.skip] == ["unchanged"] and p.run == []
+    assert p.touched == [(str(path), MTIME + 5)] and p.drop_paths == []
+    path.write_bytes(b"one\nTWO\n")  # same size, other bytes: changed
+    p = plan([touched], {touched.path: [row]}, parts_dir=tmp_path)
+    assert [t.reason for t in p.run] == ["changed"] and p.touched == []
+    no_digest = dataclasses.replace(row, content=None)  # a big file: no content check
+    p = plan([touched], {touched.path: [no_digest]}, parts_dir=tmp_path)
+    assert [t.reason for t in p.run] == ["changed"]
