@@ -627,6 +627,9 @@ def machine_lines(workers: int) -> list[str]:
     ]
 
 
+PROFILE_POINTER = (
+    "- Where the time goes, before and after the hot-path work: [`bench/PROFILE.md`](PROFILE.md)."
+)
 NOTES = """\
 - Wall time is the whole process, start-up included, from `perf_counter` around the
   subprocess; medians over the runs. MB are 10^6 bytes; for B, of uncompressed data.
@@ -687,7 +690,7 @@ def write_results(
             "",
         ]
     out += extras
-    out += ["## Notes", "", NOTES]
+    out += ["## Notes", "", NOTES, "", PROFILE_POINTER]
     for result in results:
         line = pipeline_vs_raw(result)
         if line:
