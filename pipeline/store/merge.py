@@ -26,11 +26,6 @@ REPORT_NAME = "report.json"
 RECORDS_NAMES = {"jsonl": "records.jsonl", "csv": "records.csv"}
 
 
-def committed(rows: Sequence[TaskRow], result_key: str) -> list[TaskRow]:
-    """Done tasks produced under the current result-affecting config, in output order."""
-    return [r for r in rows if r.status == "done" and r.result_key == result_key]
-
-
 def write_json(path: Path, value: Any) -> None:
     with atomic_writer(path) as handle:
         text = json.dumps(value, indent=2, ensure_ascii=False)

@@ -464,16 +464,16 @@ def whole(pdir: Path, tid: str, part: str) -> TaskRow:
     return trow(tid, part=part, part_size=os.path.getsize(pdir / part))
 
 
-def test_committed_filters_by_status_and_result_key() -> None:
-    rows = [
-        trow("a"),
-        trow("b", status="failed"),
-        trow("c", status="pending"),
-        trow("d", result_key="old"),
-        trow("e"),
-    ]
-    assert [r.task_id for r in merge.committed(rows, "k")] == ["a", "e"]
-    assert merge.committed(rows, "other") == []
+def test_committed_rows_and_counts_come_from_done_tasks_of_this_config(ledger: Ledger) -> None:
+    run = ledger.start_run("job", "k")
+    ledger.replace_tasks([], [spec("/b"), spec("/a"), spec("/c"), spec("/d")], "k", run)
+    ledger.replace_tasks([], [spec("/e")], "old", run)
+    ledger.commit_tasks([done_result("/b@0"), done_result("/a@0"), done_result("/e@0")], 1, run)
+    ledger.commit_task(TaskResult("/c@0", ok=False, error_kind="error", error="x"), 1, run)
+    assert [r.task_id for r in ledger.committed("k")] == ["/a@0", "/b@0"]  # in path order
+    assert list(ledger.committed("other")) == []
+    assert ledger.committed_counts("k") == {"in": 10, "out": 8, "malformed": 2, "undecodable": 4}
+    assert ledger.part_names() == {"/a@0.jsonl", "/b@0.jsonl", "/e@0.jsonl"}
 
 
 def write_part(folder: Path, name: str, records: list[dict]) -> str:
