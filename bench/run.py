@@ -93,18 +93,23 @@ class Dataset:
 # --- running one process -----------------------------------------------------------------
 
 
-def gnu_time() -> str | None:
-    """GNU time, the launcher of every run: a child's ``ru_maxrss`` starts at the peak RSS
-    of the process that exec'd it (Linux keeps the old image's high-water mark across
-    ``execve``), so runs are started from this 2 MB C program rather than from Python."""
-    path = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time") else None)
+def _gnu_tool(path: str | None, banner: str) -> str | None:
+    """``path`` if ``path --version`` says it is the GNU tool (other tools share names)."""
     if path is None:
         return None
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return path if "GNU" in out.stdout + out.stderr else None
+    return path if banner in out.stdout + out.stderr else None
+
+
+def gnu_time() -> str | None:
+    """GNU time, the launcher of every run: a child's ``ru_maxrss`` starts at the peak RSS
+    of the process that exec'd it (Linux keeps the old image's high-water mark across
+    ``execve``), so runs are started from this 2 MB C program rather than from Python."""
+    path = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time") else None)
+    return _gnu_tool(path, "GNU")
 
 
 TIME = gnu_time()
@@ -242,14 +247,7 @@ def baseline_impls(job: str, data: Path, workers: int) -> list[Impl]:
 
 def gnu_parallel() -> str | None:
     """The path of GNU parallel (not moreutils' ``parallel``), if installed."""
-    path = shutil.which("parallel")
-    if path is None:
-        return None
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return path if "GNU parallel" in out.stdout else None
+    return _gnu_tool(shutil.which("parallel"), "GNU parallel")
 
 
 def file_list(data: Dataset, nul: bool = False) -> Path:

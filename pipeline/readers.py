@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import contextlib
 import csv
 import gzip
 import io
@@ -103,29 +104,37 @@ def iter_records(
     check_encoding(fmt, encoding)
     if block_size < 1:
         raise ValueError(f"block_size must be at least 1, got {block_size}")
-    # A range that does not start the file begins reading one byte early: that byte says
-    # whether ``offset`` starts a line or is inside one that an earlier task owns.
+    with _opened(task, counters) as (stream, pos, skip_partial):
+        if fmt in LINE_FORMATS:
+            limit = _NO_LIMIT if task.end is None else task.end
+            lines = _iter_lines(stream, pos, skip_partial, limit, block_size)
+            if fmt == "lines":
+                yield from _line_records(lines, encoding, counters)
+            else:
+                yield from _jsonl_records(lines, encoding, counters)
+        elif fmt == "csv":
+            yield from _csv_records(stream, encoding, counters)
+        else:
+            data = _read_all(stream, block_size)
+            counters.records_in += 1
+            yield 0, {"path": task.path, "size": len(data), "data": data}
+
+
+@contextlib.contextmanager
+def _opened(task: TaskSpec, counters: ReadCounters) -> Iterator[tuple[IO[bytes], int, bool]]:
+    """``(stream, pos, skip_partial)`` for a task: the (decompressed) stream positioned
+    at ``pos``. A range that does not start the file begins reading one byte early: that
+    byte says whether ``offset`` starts a line or is inside one an earlier task owns.
+    The bytes read from disk are counted when the stream is done with."""
     skip_partial = task.compression is None and task.offset > 0
-    read_from = task.offset - 1 if skip_partial else 0
+    pos = task.offset - 1 if skip_partial else 0
     with open(task.path, "rb", buffering=0) as raw:
-        if read_from:
-            raw.seek(read_from)
+        if pos:
+            raw.seek(pos)
         start = raw.tell()
         stream: IO[bytes] = raw if task.compression is None else _decompressed(raw, task)
         try:
-            if fmt in LINE_FORMATS:
-                limit = _NO_LIMIT if task.end is None else task.end
-                lines = _iter_lines(stream, read_from, skip_partial, limit, block_size)
-                if fmt == "lines":
-                    yield from _line_records(lines, encoding, counters)
-                else:
-                    yield from _jsonl_records(lines, encoding, counters)
-            elif fmt == "csv":
-                yield from _csv_records(stream, encoding, counters)
-            else:
-                data = _read_all(stream, block_size)
-                counters.records_in += 1
-                yield 0, {"path": task.path, "size": len(data), "data": data}
+            yield stream, pos, skip_partial
         finally:
             counters.bytes_read += raw.tell() - start
             if stream is not raw:
@@ -195,20 +204,9 @@ def iter_line_blocks(
     line may lack one. For fast paths that work on many lines at once; the same lines,
     split, are exactly what ``iter_records`` reads. ``bytes_read`` is counted here."""
     _check_task(task, "lines")
-    skip_partial = task.compression is None and task.offset > 0
-    pos = task.offset - 1 if skip_partial else 0
     limit = _NO_LIMIT if task.end is None else task.end
-    with open(task.path, "rb", buffering=0) as raw:
-        if pos:
-            raw.seek(pos)
-        start = raw.tell()
-        stream: IO[bytes] = raw if task.compression is None else _decompressed(raw, task)
-        try:
-            yield from _blocks(stream, pos, skip_partial, limit, block_size)
-        finally:
-            counters.bytes_read += raw.tell() - start
-            if stream is not raw:
-                stream.close()
+    with _opened(task, counters) as (stream, pos, skip_partial):
+        yield from _blocks(stream, pos, skip_partial, limit, block_size)
 
 
 def _blocks(
