@@ -47,7 +47,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from itertools import compress
 from typing import Any
 
@@ -481,6 +481,40 @@ def merge_partials(specs: Specs, a: dict | None, b: dict | None) -> dict:
         kind = spec["kind"]
         empty = _empty_partial(kind)
         merged[name] = _merge_one(kind, a.get(name, empty), b.get(name, empty))
+    return merged
+
+
+def _merge_all(kind: str, values: list[Any]) -> Any:
+    """``_merge_one`` folded over ``values`` (at least one), without the copy per step."""
+    if kind == "count":
+        return sum(values)
+    if kind in ("sum", "mean"):
+        keys = ("n", "int", "floats", "nan", "+inf", "-inf")
+        merged = {key: sum(v[key] for v in values) for key in keys}
+        merged["float"] = _pair_from_scaled(sum(_scaled_from_pair(v["float"]) for v in values))
+        return merged
+    if kind in ("min", "max"):
+        result = dict(values[0])
+        for value in values[1:]:
+            result = _merge_one(kind, result, value)
+        return result
+    counts: dict[str, int] = {}
+    get = counts.get
+    for value in values:
+        for key, n in value.items():
+            counts[key] = get(key, 0) + n
+    return counts
+
+
+def merge_many(specs: Specs, partials: Iterable[dict | None]) -> dict:
+    """``merge_partials`` folded over any number of partials (None: the empty partial),
+    in one pass per stat: merging n partials costs O(total size), not O(n x result)."""
+    present = [p for p in partials if p]
+    merged: dict[str, Any] = {}
+    for name, spec in specs.items():
+        kind = spec["kind"]
+        empty = _empty_partial(kind)
+        merged[name] = _merge_all(kind, [p.get(name, empty) for p in present] or [empty])
     return merged
 
 

@@ -11,15 +11,17 @@ from pipeline.models import TaskSpec
 CONTENT_CHECK_MAX = 1 << 20
 
 
+def bytes_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def file_digest(path: str) -> str:
     with open(path, "rb") as handle:
-        return hashlib.blake2b(handle.read(), digest_size=16).hexdigest()
+        return bytes_digest(handle.read())
 
 
-def content_digest(task: TaskSpec) -> str | None:
-    """The digest of the file this task reads, if it reads all of a small file."""
+def reads_small_file(task: TaskSpec) -> bool:
+    """Whether the task reads all of a file small enough to digest (and to read in one go)."""
     if task.offset != 0 or task.size > CONTENT_CHECK_MAX:
-        return None
-    if task.length is not None and task.length != task.size:
-        return None
-    return file_digest(task.path)
+        return False
+    return task.length is None or task.length == task.size

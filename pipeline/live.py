@@ -1,22 +1,24 @@
 """The live view of a run: aggregate stats and counters in a ``Manager`` dict.
 
-The main process merges each finished task's partial once (never per record) into its own
-running total and publishes it under the ``Lock`` in one ``update`` — at most every
+The main process merges each committed batch's partials once (never per record) into its
+own running total and publishes it under the ``Lock`` in one ``update``, at most every
 ``publish_every`` seconds (and once at the end), so the cost of the live view stays
 bounded however many tiny tasks there are and however large the stats grow. Other
-processes (a monitor) may read the dict; ``stats.json`` never comes from here but from the
-ledger. A broken Manager (it died, or a signal reached it) only disables the live view;
-the run goes on.
+processes (a monitor) may read the dict. The same running total is this run's share of
+``stats.json``, which adds the partials the ledger keeps for tasks of earlier runs. A
+broken Manager (it died, or a signal reached it) only disables the live view; the run
+goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from pipeline import aggregates
+from pipeline.models import TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +40,21 @@ class LiveStats:
         self._counts = {"tasks_done": 0, "tasks_failed": 0, "records_in": 0, "records_out": 0}
         self.enabled = True
 
-    def add(self, ok: bool, partials: dict | None, records_in: int, records_out: int) -> None:
-        if ok:
-            self._partials = aggregates.merge_partials(self._specs, self._partials, partials)
-            self._counts["tasks_done"] += 1
-        else:
-            self._counts["tasks_failed"] += 1
-        self._counts["records_in"] += records_in
-        self._counts["records_out"] += records_out
+    @property
+    def partials(self) -> dict | None:
+        """The merged partials of every done task added so far (not to be mutated)."""
+        return self._partials
+
+    def add(self, results: Sequence[TaskResult]) -> None:
+        """Committed results (a batch's): one merge for all of them."""
+        done = [r.partials for r in results if r.ok]
+        if done:
+            self._partials = aggregates.merge_many(self._specs, [self._partials, *done])
+        counts = self._counts
+        counts["tasks_done"] += len(done)
+        counts["tasks_failed"] += len(results) - len(done)
+        counts["records_in"] += sum(r.records_in for r in results)
+        counts["records_out"] += sum(r.records_out for r in results)
         if time.monotonic() - self._published >= self._publish_every:
             self.publish()
 

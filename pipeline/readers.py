@@ -24,12 +24,14 @@ import gzip
 import io
 import json
 import lzma
+import os
 import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from pipeline.digest import bytes_digest, reads_small_file
 from pipeline.models import TaskSpec
 
 BLOCK_SIZE = 1 << 20
@@ -57,6 +59,8 @@ class ReadCounters:
     malformed: int = 0  # jsonl: blank or not a JSON object; csv: more fields than header
     undecodable: int = 0  # records with bytes that did not decode (decoded with replace)
     bytes_read: int = 0  # bytes read from disk (compressed bytes for compressed files)
+    content: str | None = None  # digest of the bytes of a small file read whole
+    opened: os.stat_result | None = None  # fstat of the file as it was opened
 
 
 def position_label(fmt: str, task: TaskSpec) -> str:
@@ -125,11 +129,22 @@ def _opened(task: TaskSpec, counters: ReadCounters) -> Iterator[tuple[IO[bytes],
     """``(stream, pos, skip_partial)`` for a task: the (decompressed) stream positioned
     at ``pos``. A range that does not start the file begins reading one byte early: that
     byte says whether ``offset`` starts a line or is inside one an earlier task owns.
-    The bytes read from disk are counted when the stream is done with."""
+    The bytes read from disk are counted when the stream is done with.
+
+    The opened file's ``fstat`` goes into ``counters.opened``, for the caller to compare
+    with the planned fingerprint. A small file read whole is read in one call (its planned
+    size plus one byte, enough to see it grew), and its content digest is taken from those
+    same bytes: one open and one read per small file."""
     skip_partial = task.compression is None and task.offset > 0
     pos = task.offset - 1 if skip_partial else 0
-    with open(task.path, "rb", buffering=0) as raw:
-        if pos:
+    with open(task.path, "rb", buffering=0) as handle:
+        counters.opened = os.fstat(handle.fileno())
+        raw: IO[bytes] = handle
+        if reads_small_file(task):
+            data = handle.read(task.size + 1)
+            counters.content = bytes_digest(data)
+            raw = io.BytesIO(data)
+        elif pos:
             raw.seek(pos)
         start = raw.tell()
         stream: IO[bytes] = raw if task.compression is None else _decompressed(raw, task)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import os
@@ -263,7 +264,7 @@ class Run:
                 self.state.fatal = exc.message
             live.publish()
             progress.close()
-            return self._finish(ledger, plan, run_id, started, budget)
+            return self._finish(ledger, live, plan, run_id, started, budget)
         finally:
             progress.close()
             ledger.close()
@@ -321,12 +322,7 @@ class Run:
                 self._record_failure(task, result, outcome.attempts)
             self.state.records += result.records_in
             self.state.bytes_read += result.bytes_read
-            live.add(
-                result.ok,
-                result.partials if result.ok else None,
-                result.records_in,
-                result.records_out,
-            )
+        live.add(outcome.results)
         progress.advance(nbytes, len(outcome.results), failed)
 
     def _record_failure(self, task: TaskSpec, result: TaskResult, attempts: int) -> None:
@@ -349,9 +345,12 @@ class Run:
             self.state.fatal = f"no space left on device under {self.out_dir}; stopping"
             log.error("%s", self.state.fatal)
 
-    def _write_outputs(self, ledger: Ledger, result_key: str) -> dict:
+    def _write_outputs(self, ledger: Ledger, live: LiveStats, run_id: int) -> dict:
         """records.* and stats.json from the committed tasks — unless they already show
-        exactly this committed state (a run with nothing new rewrites nothing)."""
+        exactly this committed state (a run with nothing new rewrites nothing). The stats
+        merge this run's tasks as ``live`` already holds them with the partials the ledger
+        keeps for every other done task."""
+        result_key = self.cfg.result_key()
         state = f"{ledger.committed_state(result_key)}:{self.cfg.output.records}"
         stats_path = self.out_dir / merge.STATS_NAME
         records_name = merge.RECORDS_NAMES.get(self.cfg.output.records)
@@ -361,7 +360,8 @@ class Run:
         if current and ledger.get_meta("outputs_state") == state:
             with contextlib.suppress(OSError, ValueError):
                 return json.loads(stats_path.read_text(encoding="utf-8"))
-        stats = merge.merged_stats(self.cfg.stat_specs(), ledger.committed(result_key))
+        earlier = ledger.committed_partials(result_key, except_run=run_id)
+        stats = merge.merged_stats(self.cfg.stat_specs(), itertools.chain([live.partials], earlier))
         try:
             merge.write_records(
                 self.out_dir,
@@ -376,10 +376,16 @@ class Run:
         return stats
 
     def _finish(
-        self, ledger: Ledger, plan: Plan, run_id: int, started: float, budget: int | None
+        self,
+        ledger: Ledger,
+        live: LiveStats,
+        plan: Plan,
+        run_id: int,
+        started: float,
+        budget: int | None,
     ) -> RunResult:
         result_key = self.cfg.result_key()
-        stats = self._write_outputs(ledger, result_key)
+        stats = self._write_outputs(ledger, live, run_id)
 
         signal_code = self.signals.exit_code
         if signal_code is not None:

@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from pipeline import aggregates, fastpath, readers, steps
-from pipeline.digest import content_digest
 from pipeline.models import Batch, JobSpec, TaskResult, TaskSpec
 from pipeline.store.parts import TMP_DIR, part_writer
 
@@ -54,10 +53,12 @@ class FileChangedError(Exception):
     """The input was modified, truncated or replaced while the run was going."""
 
 
-def check_unchanged(task: TaskSpec) -> None:
+def check_unchanged(task: TaskSpec, st: os.stat_result | None = None) -> None:
     """Fail the task if its file is not the one that was planned: its results would
-    belong to neither version. The next run plans the file again."""
-    st = os.stat(task.path)
+    belong to neither version. The next run plans the file again. ``st``: a stat taken
+    earlier (the reader's ``fstat`` of the file it opened); by default, the path now."""
+    if st is None:
+        st = os.stat(task.path)
     if st.st_size != task.size or st.st_mtime_ns != task.mtime_ns:
         raise FileChangedError(
             f"changed since the run started (size {task.size} -> {st.st_size}); "
@@ -126,7 +127,6 @@ class TaskRunner:
         result = TaskResult(task.task_id, ok=False, pid=os.getpid())
         sink = _Sink(self, handle)
         try:
-            check_unchanged(task)
             if self.fast is not None:
                 self._run_fast(task, counters, sink)
             else:
@@ -134,8 +134,10 @@ class TaskRunner:
                     readers.iter_records(task, self.job.format, self.job.encoding, counters)
                 )
             sink.flush()
-            result.content = content_digest(task)
-            check_unchanged(task)
+            result.content = counters.content
+            if counters.opened is not None:  # the file as it was opened...
+                check_unchanged(task, counters.opened)
+            check_unchanged(task)  # ...and as it is now, after reading
             result.partials = self.aggregators.partials(sink.state)
             result.records_out = sink.records_out
             result.malformed = sink.malformed + counters.malformed

@@ -309,6 +309,19 @@ class Ledger:
         for values in self._db.execute(query, (result_key,)):
             yield _row(values)
 
+    def committed_partials(
+        self, result_key: str, *, except_run: int | None = None
+    ) -> Iterator[dict[str, Any] | None]:
+        """The stats partials of the done tasks, streamed; ``except_run``: leave out the
+        tasks that run committed (the runner already holds their merge)."""
+        query = "SELECT partials FROM tasks WHERE status = 'done' AND result_key = ?"
+        params: tuple[Any, ...] = (result_key,)
+        if except_run is not None:
+            query += " AND run_id IS NOT ?"
+            params += (except_run,)
+        for (text,) in self._db.execute(query, params):
+            yield json.loads(text) if text else None
+
     def committed_counts(self, result_key: str) -> dict[str, int]:
         """``records`` of report.json: totals over the committed tasks."""
         row = self._db.execute(

@@ -3,8 +3,9 @@
 ``records.*`` concatenates the records of done tasks in (path bytes, offset) order, each
 read from its place in its batch's part file, so the bytes are the same whatever the
 chunking, batching, worker count or interruptions were.
-``stats.json`` merges the committed partials in that same order. Every file is written
-atomically, so readers only ever see a complete output of committed work.
+``stats.json`` merges the committed partials (in any order: merging is exact and
+commutes). Every file is written atomically, so readers only ever see a complete output
+of committed work.
 """
 
 from __future__ import annotations
@@ -33,11 +34,22 @@ def write_json(path: Path, value: Any) -> None:
         handle.write(b"\n")
 
 
-def merged_stats(specs: Mapping[str, Mapping[str, Any]], rows: Iterable[TaskRow]) -> dict:
-    partials: dict | None = None
-    for row in rows:
-        partials = aggregates.merge_partials(specs, partials, row.partials)
-    return aggregates.finalize(specs, partials)
+MERGE_GROUP = 1024  # partials merged at a time: bounded memory, few merges
+
+
+def merged_stats(specs: Mapping[str, Mapping[str, Any]], partials: Iterable[dict | None]) -> dict:
+    """``stats.json``: every partial merged (streamed, ``MERGE_GROUP`` at a time), then
+    finalised. The order does not matter: partials are exact and merging commutes."""
+    merged: dict | None = None
+    group: list[dict | None] = []
+    for partial in partials:
+        group.append(partial)
+        if len(group) >= MERGE_GROUP:
+            merged = aggregates.merge_many(specs, [merged, *group])
+            group.clear()
+    if group:
+        merged = aggregates.merge_many(specs, [merged, *group])
+    return aggregates.finalize(specs, merged)
 
 
 def _csv_cell(value: Any) -> str:

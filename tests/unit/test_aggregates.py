@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import aggregates
-from pipeline.aggregates import Aggregators, finalize, merge_partials, value_key
+from pipeline.aggregates import Aggregators, finalize, merge_many, merge_partials, value_key
 
 
 def spec(kind: str, field: str | None = None, k: int | None = None, where: Any = None) -> dict:
@@ -390,6 +390,24 @@ def test_any_split_and_merge_order_gives_the_same_stats(
     for part in parts:  # a left fold, as the parent commits tasks one by one
         folded = merge_partials(SPECS, folded, part)
     assert_same_stats(finalize(SPECS, folded), whole)
+
+
+@settings(max_examples=200, deadline=None)
+@given(records=records_st, data=st.data())
+def test_merge_many_equals_the_pairwise_fold(records: list[dict], data: st.DataObject) -> None:
+    cuts = data.draw(st.lists(st.integers(min_value=0, max_value=len(records)), max_size=6))
+    parts: list[dict | None] = [partial_of(SPECS, chunk) for chunk in split(records, cuts)]
+    if data.draw(st.booleans()):
+        parts.append(None)
+    parts = data.draw(st.permutations(parts))
+    before = json.dumps(parts)
+    folded: dict | None = None
+    for part in parts:
+        folded = merge_partials(SPECS, folded, part)
+    merged = merge_many(SPECS, parts)
+    assert merged == folded  # exact partials: equal as data
+    assert json.dumps(parts) == before  # the inputs are not mutated
+    assert merge_many(SPECS, []) == merge_partials(SPECS, None, None)
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,4 +1,4 @@
-"""LiveStats: one locked Manager-dict update per finished task; a broken Manager only
+"""LiveStats: one locked Manager-dict update per committed batch; a broken Manager only
 disables the live view."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 
 from pipeline import aggregates
 from pipeline.live import LiveStats
+from pipeline.models import TaskResult
 
 SPECS = {
     "n": {"kind": "count"},
@@ -26,6 +27,10 @@ def partials_of(records: list[dict]) -> dict:
     for record in records:
         aggs.add(state, record)
     return aggs.partials(state)
+
+
+def result(ok: bool, partials: dict, records_in: int, records_out: int) -> TaskResult:
+    return TaskResult("t", ok, records_in, records_out, partials=partials)
 
 
 P1 = partials_of([{"v": 1, "s": "a"}, {"v": 2, "s": "b"}])
@@ -73,13 +78,13 @@ def test_add_publishes_merged_partials_and_counts_under_the_lock() -> None:
     mapping = LockCheckingDict(lock)
     live = LiveStats(mapping, lock, SPECS)
 
-    live.add(True, P1, 2, 2)
+    live.add([result(True, P1, 2, 2)])
     assert len(mapping.updates) == 1 and lock.acquired == 1
     assert mapping["partials"] == aggregates.merge_partials(SPECS, None, P1)
     assert (mapping["tasks_done"], mapping["tasks_failed"]) == (1, 0)
     assert (mapping["records_in"], mapping["records_out"]) == (2, 2)
 
-    live.add(True, P2, 5, 1)
+    live.add([result(True, P2, 5, 1)])
     assert len(mapping.updates) == 2 and lock.acquired == 2
     assert mapping["partials"] == aggregates.merge_partials(SPECS, P1, P2)
     assert aggregates.finalize(SPECS, mapping["partials"]) == {
@@ -94,8 +99,8 @@ def test_failed_task_counts_but_its_partials_are_ignored() -> None:
     lock = RecordingLock()
     mapping = LockCheckingDict(lock)
     live = LiveStats(mapping, lock, SPECS)
-    live.add(True, P1, 2, 2)
-    live.add(False, P2, 4, 0)
+    live.add([result(True, P1, 2, 2)])
+    live.add([result(False, P2, 4, 0)])
     assert len(mapping.updates) == 2
     assert mapping["partials"] == aggregates.merge_partials(SPECS, None, P1)
     assert (mapping["tasks_done"], mapping["tasks_failed"]) == (1, 1)
@@ -108,9 +113,9 @@ def test_published_values_are_not_aliased_to_later_state() -> None:
     lock = RecordingLock()
     mapping = LockCheckingDict(lock)
     live = LiveStats(mapping, lock, SPECS)
-    live.add(True, P1, 2, 2)
+    live.add([result(True, P1, 2, 2)])
     first = aggregates.finalize(SPECS, mapping.updates[0]["partials"])
-    live.add(True, P2, 1, 1)
+    live.add([result(True, P2, 1, 1)])
     assert aggregates.finalize(SPECS, mapping.updates[0]["partials"]) == first
 
 
@@ -119,16 +124,27 @@ def test_inputs_are_not_mutated() -> None:
 
     before = copy.deepcopy(P1)
     live = LiveStats({}, threading.Lock(), SPECS)
-    live.add(True, P1, 1, 1)
-    live.add(True, P1, 1, 1)
+    live.add([result(True, P1, 1, 1)])
+    live.add([result(True, P1, 1, 1)])
     assert before == P1
+
+
+def test_a_batch_is_one_merge_and_one_update() -> None:
+    lock = RecordingLock()
+    mapping = LockCheckingDict(lock)
+    live = LiveStats(mapping, lock, SPECS)
+    live.add([result(True, P1, 2, 2), result(False, P2, 4, 0), result(True, P2, 1, 1)])
+    assert len(mapping.updates) == 1 and lock.acquired == 1
+    assert live.partials == aggregates.merge_partials(SPECS, P1, P2)
+    assert (mapping["tasks_done"], mapping["tasks_failed"]) == (2, 1)
+    assert (mapping["records_in"], mapping["records_out"]) == (7, 3)
 
 
 def test_snapshot_is_finalised() -> None:
     live = LiveStats({}, threading.Lock(), SPECS)
     assert live.snapshot() == {"n": 0, "total": 0, "by": {}}
-    live.add(True, P1, 2, 2)
-    live.add(True, P2, 1, 1)
+    live.add([result(True, P1, 2, 2)])
+    live.add([result(True, P2, 1, 1)])
     assert live.snapshot() == {"n": 3, "total": 13, "by": {"a": 2, "b": 1}}
 
 
@@ -144,9 +160,9 @@ def test_with_a_real_manager_dict_and_lock() -> None:
         mapping = manager.dict()
         lock = manager.Lock()
         live = LiveStats(mapping, lock, SPECS)
-        live.add(True, P1, 2, 2)
-        live.add(False, None, 3, 0)
-        live.add(True, P2, 1, 1)
+        live.add([result(True, P1, 2, 2)])
+        live.add([result(False, None, 3, 0)])
+        live.add([result(True, P2, 1, 1)])
         assert live.enabled
         seen = dict(mapping)
         assert aggregates.finalize(SPECS, seen["partials"]) == live.snapshot()
@@ -181,11 +197,11 @@ def test_broken_mapping_disables_the_live_view_without_raising(
     mapping = Broken()
     live = LiveStats(mapping, threading.Lock(), SPECS)
     with caplog.at_level(logging.WARNING, logger="pipeline.live"):
-        live.add(True, P1, 2, 2)
+        live.add([result(True, P1, 2, 2)])
     assert live.enabled is False
     assert Broken.calls == 1
     assert any("live stats disabled" in r.getMessage() for r in caplog.records)
-    live.add(True, P2, 1, 1)  # no further Manager round trips once disabled
+    live.add([result(True, P2, 1, 1)])  # no further Manager round trips once disabled
     assert Broken.calls == 1
     # the parent's own totals keep going
     assert live.snapshot() == {"n": 3, "total": 13, "by": {"a": 2, "b": 1}}
@@ -200,7 +216,7 @@ def test_broken_lock_disables_the_live_view_without_raising() -> None:
             raise AssertionError("never entered")
 
     live = LiveStats({}, DeadLock(), SPECS)
-    live.add(True, P1, 2, 2)
+    live.add([result(True, P1, 2, 2)])
     assert live.enabled is False
 
 
@@ -211,9 +227,9 @@ def test_manager_that_went_away_disables_the_live_view() -> None:
     mapping = manager.dict()
     lock = manager.Lock()
     live = LiveStats(mapping, lock, SPECS)
-    live.add(True, P1, 2, 2)
+    live.add([result(True, P1, 2, 2)])
     assert live.enabled
     manager.shutdown()
-    live.add(True, P2, 1, 1)  # must not raise
+    live.add([result(True, P2, 1, 1)])  # must not raise
     assert live.enabled is False
     assert live.snapshot()["n"] == 3

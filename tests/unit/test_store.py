@@ -279,6 +279,19 @@ def test_commit_task_done_and_failed(ledger: Ledger) -> None:
     assert b.partials is None  # a failed task's partials never count
 
 
+def test_committed_partials_can_leave_out_one_run(ledger: Ledger) -> None:
+    run1 = ledger.start_run("job", "k")
+    ledger.replace_tasks([], [spec("/a", 0), spec("/b", 0), spec("/c", 0)], "k", run1)
+    ledger.commit_task(done_result("/a@0", partials={"n": 1}), attempts=1, run_id=run1)
+    ledger.commit_task(TaskResult("/b@0", ok=False, error="x"), attempts=1, run_id=run1)
+    run2 = ledger.start_run("job", "k")
+    ledger.commit_task(done_result("/c@0", partials={"n": 5}), attempts=1, run_id=run2)
+    assert sorted(p["n"] for p in ledger.committed_partials("k")) == [1, 5]
+    assert list(ledger.committed_partials("k", except_run=run2)) == [{"n": 1}]
+    assert list(ledger.committed_partials("k", except_run=run1)) == [{"n": 5}]
+    assert list(ledger.committed_partials("other")) == []
+
+
 def test_replace_tasks_conflict_keeps_the_row_and_its_attempts(ledger: Ledger) -> None:
     run1 = ledger.start_run("job", "k")
     ledger.replace_tasks([], [spec("/a", 0)], "k", run1)
@@ -602,7 +615,7 @@ def test_merged_stats_is_independent_of_row_order() -> None:
         [],
     ]
     rows = [trow(str(i), partials=partials_of(g)) for i, g in enumerate(groups)]
-    expected = merge.merged_stats(STAT_SPECS, rows)
+    expected = merge.merged_stats(STAT_SPECS, [r.partials for r in rows])
     assert expected["n"] == 6
     assert expected["by"] == {"a": 2, "b": 3, "c": 1}
     assert expected["top"] == [["b", 3], ["a", 2]]
@@ -610,8 +623,16 @@ def test_merged_stats_is_independent_of_row_order() -> None:
     everything = partials_of([r for g in groups for r in g])
     assert expected == aggregates.finalize(STAT_SPECS, everything)
     for perm in itertools.permutations(rows):
-        got = merge.merged_stats(STAT_SPECS, list(perm))
+        got = merge.merged_stats(STAT_SPECS, [r.partials for r in perm])
         assert json.dumps(got) == json.dumps(expected)
+
+
+def test_merged_stats_streams_many_partials_in_groups() -> None:
+    records = [{"v": i % 7, "s": "ab"[i % 2]} for i in range(2 * merge.MERGE_GROUP + 5)]
+    partials = (partials_of([r]) for r in records)  # a generator, read once
+    assert merge.merged_stats(STAT_SPECS, partials) == aggregates.finalize(
+        STAT_SPECS, partials_of(records)
+    )
 
 
 def test_merged_stats_of_nothing() -> None:
