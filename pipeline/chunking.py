@@ -12,6 +12,7 @@ import os
 from pipeline.models import COMPRESSED_SUFFIXES
 
 SPLITTABLE_FORMATS = frozenset({"lines", "jsonl"})
+_SUFFIXES = tuple(COMPRESSED_SUFFIXES)
 
 
 def split_ranges(size: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -49,5 +50,6 @@ def is_splittable(fmt: str, compression: str | None) -> bool:
 
 def compression_of(path: str) -> str | None:
     """The compression named by the file's suffix (case-insensitive), or None."""
-    suffix = os.path.splitext(path)[1].lower()
-    return COMPRESSED_SUFFIXES.get(suffix)
+    if not path[-4:].lower().endswith(_SUFFIXES):  # the usual case, checked cheaply
+        return None
+    return COMPRESSED_SUFFIXES.get(os.path.splitext(path)[1].lower())

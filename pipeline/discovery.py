@@ -136,11 +136,11 @@ def discover(
             hits = [pattern]  # a literal name with glob characters in it
         if not hits:
             unmatched.append(pattern)
-        matched.update(os.path.normpath(h) for h in hits)
+        matched.update(map(os.path.normpath, hits))
 
     seen: set[tuple[int, int]] = set()
     for path in sorted(matched, key=path_sort_key):
-        if _excluded(path, exclude):
+        if exclude and _excluded(path, exclude):
             continue
         try:
             st = os.stat(path)

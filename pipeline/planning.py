@@ -24,18 +24,8 @@ REASONS = ("new", "changed", "config-changed", "failed-before", "interrupted", "
 def task_id(
     path: str, offset: int, length: int | None, size: int, mtime_ns: int, result_key: str
 ) -> str:
-    digest = hashlib.sha256()
-    for part in (
-        os.fsencode(path),
-        str(offset).encode(),
-        str(length).encode(),
-        str(size).encode(),
-        str(mtime_ns).encode(),
-        result_key.encode(),
-    ):
-        digest.update(part)
-        digest.update(b"\0")
-    return digest.hexdigest()[:32]
+    fields = f"\0{offset}\0{length}\0{size}\0{mtime_ns}\0{result_key}".encode()
+    return hashlib.blake2b(os.fsencode(path) + fields, digest_size=16).hexdigest()
 
 
 @dataclass
