@@ -26,7 +26,6 @@ from pipeline.steps import convert_value
 
 Columns = dict[str, list[Any]]
 
-_INT_COLUMN = re.compile(r"[+-]?[0-9]+(?:\n[+-]?[0-9]+)*")
 _FLOAT_COLUMN = re.compile(
     r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
     r"(?:\n[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)*"
@@ -44,9 +43,15 @@ def _convert_column(values: list[Any], kind: str, nulls: frozenset[str]) -> tupl
             joined = "\n".join(values)
         except TypeError:  # a None among them
             joined = None
-        pattern = _INT_COLUMN if kind == "int" else _FLOAT_COLUMN
-        if joined is not None and pattern.fullmatch(joined):
-            return list(map(int if kind == "int" else float, values)), []
+        if joined is not None and kind == "int" and "_" not in joined:
+            # For a str without "_", int() is exactly what `types` does (steps._to_int);
+            # a value it rejects sends the column down the value-by-value path below.
+            try:
+                return list(map(int, values)), []
+            except ValueError:
+                pass
+        elif joined is not None and kind == "float" and _FLOAT_COLUMN.fullmatch(joined):
+            return list(map(float, values)), []
     out: list[Any] = []
     bad: list[int] = []
     for i, value in enumerate(values):

@@ -155,29 +155,44 @@ def _task_bytes(task: TaskSpec) -> int:
     return task.size if task.length is None else task.length
 
 
+ALONE_WORK = 256 << 10
+"""A task with at least this much work (bytes to process) is worth its own round trip,
+part file and ledger transaction (each well under a millisecond; 256 KiB of lines take a
+few): it travels alone. Smaller ones are batched."""
+
+COMPRESSED_WORK = 4
+"""Work per byte of a compressed file relative to plain text: a rough ratio (decompress,
+then several times more lines than bytes read), used only to order and batch tasks."""
+
+
+def _task_work(task: TaskSpec) -> int:
+    return _task_bytes(task) * (COMPRESSED_WORK if task.compression else 1)
+
+
 def make_batches(tasks: Sequence[TaskSpec], workers: int, chunk_size: int) -> list[Batch]:
     """Group small tasks into batches; big ones travel alone, largest first.
 
-    A task of at least ``chunk_size / 8`` bytes is a batch of its own. Smaller ones go, in
-    path order, into batches of at most ``chunk_size`` bytes and of a count that still
-    gives every worker about eight batches (at most 256 tasks each): enough to balance
-    the load, few enough that per-batch costs vanish."""
-    threshold = max(1, chunk_size // 8)
-    big = sorted((t for t in tasks if _task_bytes(t) >= threshold), key=_task_bytes, reverse=True)
+    A task of at least ``min(chunk_size / 8, ALONE_WORK)`` work is a batch of its own.
+    Smaller ones go, in path order, into batches of at most ``chunk_size`` work and of a
+    count that still gives every worker about eight batches (at most 256 tasks each):
+    enough to balance the load, few enough that per-batch costs vanish."""
+    threshold = max(1, min(chunk_size // 8, ALONE_WORK))
+    big = sorted((t for t in tasks if _task_work(t) >= threshold), key=_task_work, reverse=True)
     small = sorted(
-        (t for t in tasks if _task_bytes(t) < threshold),
+        (t for t in tasks if _task_work(t) < threshold),
         key=lambda t: (os.fsencode(t.path), t.offset),
     )
     per_batch = max(1, min(256, len(small) // (max(1, workers) * 8)))
     batches = [Batch.of((t,)) for t in big]
     group: list[TaskSpec] = []
-    group_bytes = 0
+    group_work = 0
     for task in small:
-        if group and (len(group) >= per_batch or group_bytes + _task_bytes(task) > chunk_size):
+        work = _task_work(task)
+        if group and (len(group) >= per_batch or group_work + work > chunk_size):
             batches.append(Batch.of(tuple(group)))
-            group, group_bytes = [], 0
+            group, group_work = [], 0
         group.append(task)
-        group_bytes += _task_bytes(task)
+        group_work += work
     if group:
         batches.append(Batch.of(tuple(group)))
     return batches
