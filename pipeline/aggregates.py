@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable, Mapping
 from itertools import compress
 from typing import Any
 
+from pipeline.columns import all_ints
 from pipeline.conditions import ColumnCondition, compile_column_condition, compile_condition
 
 KINDS: tuple[str, ...] = ("count", "sum", "min", "max", "mean", "count_by", "top")
@@ -127,11 +128,10 @@ class _Sum:
             self.floats.append(float(value))
 
     def add_values(self, values: list[Any]) -> None:
-        kinds = set(map(type, values))
-        if kinds <= {int}:
+        if all_ints(values):
             self.total_int += sum(values)
             self.n_int += len(values)
-        elif kinds <= {float}:
+        elif set(map(type, values)) <= {float}:
             self.floats.extend(values)
             if len(self.floats) >= _FOLD_AT:
                 self._fold()
@@ -208,7 +208,7 @@ class _MinMax:
                 self.text = text
 
     def add_values(self, values: list[Any]) -> None:
-        if values and set(map(type, values)) <= {int}:  # ints: one comparison
+        if values and all_ints(values):  # ints: one comparison
             best = max(values) if self.better is _greater else min(values)
             if self.num is None or self.better(best, self.num):
                 self.num = best
@@ -248,8 +248,8 @@ class _CountBy:
         counts[key] = counts.get(key, 0) + 1
 
     def add_values(self, values: list[Any]) -> None:
-        kinds = set(map(type, values))
-        if kinds <= {str} or kinds <= {int}:  # 1, 1.0 and True hash alike: never mixed here
+        # 1, 1.0 and True hash alike: never mixed here
+        if all_ints(values) or set(map(type, values)) <= {str}:
             counts = self.counts
             for value, n in Counter(values).items():
                 key = value if type(value) is str else str(value)

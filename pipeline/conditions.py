@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping
 from itertools import repeat
 from typing import Any
 
+from pipeline.columns import IntColumn
+
 OPS: tuple[str, ...] = ("==", "!=", "<", "<=", ">", ">=", "in", "not_in", "contains", "matches")
 
 Condition = Callable[[Mapping[str, Any]], bool]
@@ -129,7 +131,9 @@ def compile_column_condition(spec: Mapping[str, Mapping[str, Any]]) -> ColumnCon
             if field not in columns:
                 return [False] * rows
             values = columns[field]
-            if numeric is not None and set(map(type, values)) <= {int, float}:
+            if numeric is not None and (
+                type(values) is IntColumn or set(map(type, values)) <= {int, float}
+            ):
                 these = list(map(numeric, values, repeat(operand)))
             else:
                 these = list(map(pred, values))

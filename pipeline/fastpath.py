@@ -21,10 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from itertools import compress
 from typing import Any
 
+from pipeline.columns import Columns, IntColumn
 from pipeline.conditions import compile_column_condition
 from pipeline.steps import convert_value
-
-Columns = dict[str, list[Any]]
 
 _FLOAT_COLUMN = re.compile(
     r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
@@ -47,7 +46,7 @@ def _convert_column(values: list[Any], kind: str, nulls: frozenset[str]) -> tupl
             # For a str without "_", int() is exactly what `types` does (steps._to_int);
             # a value it rejects sends the column down the value-by-value path below.
             try:
-                return list(map(int, values)), []
+                return IntColumn(map(int, values)), []
             except ValueError:
                 pass
         elif joined is not None and kind == "float" and _FLOAT_COLUMN.fullmatch(joined):

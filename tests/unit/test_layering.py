@@ -28,6 +28,8 @@ WORKER_SIDE = (
     "pipeline.steps",
     "pipeline.aggregates",
     "pipeline.conditions",
+    "pipeline.columns",
+    "pipeline.fastpath",
     "pipeline.chunking",
     "pipeline.models",
 )

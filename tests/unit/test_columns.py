@@ -1,0 +1,52 @@
+"""columns: the int-column tag lets aggregates and conditions skip type checks, and must
+never change a result."""
+
+from __future__ import annotations
+
+from pipeline import aggregates
+from pipeline.columns import IntColumn, all_ints
+from pipeline.conditions import compile_column_condition
+
+
+def test_all_ints() -> None:
+    assert all_ints(IntColumn([1, 2]))
+    assert all_ints([1, 2]) and all_ints([])
+    assert not all_ints([1, True])  # bool is not a number here
+    assert not all_ints([1, None]) and not all_ints([1, 2.0]) and not all_ints(["1"])
+
+
+def test_tagged_and_plain_columns_give_the_same_stats_and_masks() -> None:
+    specs = {
+        "n": {"kind": "count", "field": "s"},
+        "total": {"kind": "sum", "field": "s"},
+        "lo": {"kind": "min", "field": "s"},
+        "by": {"kind": "count_by", "field": "s"},
+        "big": {"kind": "count", "where": {"s": {">=": 400}}},
+    }
+    values = [200, 404, 500, 200, -3]
+    aggs = aggregates.Aggregators(specs)
+    results = []
+    for column in (values, IntColumn(values)):
+        state = aggs.new_state()
+        aggs.add_columns(state, {"s": column}, len(values))
+        results.append(aggs.partials(state))
+    assert results[0] == results[1]
+    assert aggregates.finalize(specs, results[1]) == {
+        "n": 5,
+        "total": 1301,
+        "lo": -3,
+        "by": {"-3": 1, "200": 2, "404": 1, "500": 1},
+        "big": 2,
+    }
+    mask = compile_column_condition({"s": {">": 300}})
+    assert (
+        mask({"s": IntColumn(values)}, 5)
+        == mask({"s": values}, 5)
+        == [
+            False,
+            True,
+            True,
+            False,
+            False,
+        ]
+    )
