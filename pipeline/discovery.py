@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from pipeline.chunking import compression_of
 from pipeline.models import InputFile, SkippedInput
@@ -69,8 +69,9 @@ def _component_regex(component: str) -> str:
     return "".join(out)
 
 
-def _recursive_glob(pattern: str, skipped: list[SkippedInput]) -> list[str]:
-    """Expand a pattern with a ``**`` component, visiting each directory once."""
+def _recursive_glob(pattern: str, skipped: list[SkippedInput]) -> Iterator[str]:
+    """Expand a pattern with a ``**`` component, visiting each directory once (a
+    generator: a walk over many files never holds a second list of their paths)."""
     parts = pattern.split("/")
     fixed: list[str] = []
     for part in parts:
@@ -87,12 +88,13 @@ def _recursive_glob(pattern: str, skipped: list[SkippedInput]) -> list[str]:
     matcher = re.compile(prefix + tail)
 
     if not os.path.isdir(root):
-        return []  # like glob: a missing folder simply matches nothing
+        return  # like glob: a missing folder simply matches nothing
 
     def unreadable(exc: OSError) -> None:
         skipped.append(SkippedInput(exc.filename or root, f"cannot read: {exc.strerror}"))
 
-    hits: list[str] = [root] if parts[-1] == "**" and fixed else []  # as glob: "d/**" has d
+    if parts[-1] == "**" and fixed:
+        yield root  # as glob: "d/**" has d
     visited: set[tuple[int, int]] = set()
     for folder, subdirs, files in os.walk(root, followlinks=True, onerror=unreadable):
         try:
@@ -110,8 +112,7 @@ def _recursive_glob(pattern: str, skipped: list[SkippedInput]) -> list[str]:
             if not fixed:
                 path = os.path.normpath(path)  # "./a/b.log" -> "a/b.log"
             if matcher.fullmatch(path):
-                hits.append(path)
-    return hits
+                yield path
 
 
 def path_sort_key(path: str) -> bytes:
@@ -129,17 +130,24 @@ def discover(
     skipped: list[SkippedInput] = []
     for pattern in patterns:
         if "**" in pattern.split("/"):
-            hits = _recursive_glob(pattern, skipped)
+            hits: Iterable[str] = _recursive_glob(pattern, skipped)
         else:
-            hits = glob.glob(pattern)
-        if not hits and os.path.lexists(pattern):
-            hits = [pattern]  # a literal name with glob characters in it
-        if not hits:
+            hits = glob.iglob(pattern)
+        found = False
+        for hit in hits:
+            matched.add(os.path.normpath(hit))
+            found = True
+        if not found and os.path.lexists(pattern):
+            matched.add(os.path.normpath(pattern))  # a literal name with glob characters
+        elif not found:
             unmatched.append(pattern)
-        matched.update(map(os.path.normpath, hits))
 
     seen: set[tuple[int, int]] = set()
-    for path in sorted(matched, key=path_sort_key):
+    # For ASCII names (the usual case) str order is byte order: no key objects to build.
+    ascii_only = all(path.isascii() for path in matched)
+    ordered = sorted(matched, key=None if ascii_only else path_sort_key)
+    matched.clear()  # its table is large for many files: let it go before the next step
+    for path in ordered:
         if exclude and _excluded(path, exclude):
             continue
         try:

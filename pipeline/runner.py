@@ -203,6 +203,7 @@ class Run:
         ledger = Ledger(self.out_dir)
         try:
             plan = plan_run(self.cfg, files, ledger.tasks_for_planning(), self.options.full)
+            files.clear()  # the plan holds what is needed now (memory: many files)
             run_id = ledger.start_run(self.cfg.name, result_key)
             ledger.replace_tasks(plan.drop_paths, plan.run, result_key, run_id, plan.touched)
         finally:
