@@ -111,10 +111,11 @@ def iter_records(
     with _opened(task, counters) as (stream, pos, skip_partial):
         if fmt in LINE_FORMATS:
             limit = _NO_LIMIT if task.end is None else task.end
-            lines = _iter_lines(stream, pos, skip_partial, limit, block_size)
             if fmt == "lines":
-                yield from _line_records(lines, encoding, counters)
+                for start, data in _blocks(stream, pos, skip_partial, limit, block_size):
+                    yield from block_records(start, data, encoding, counters)
             else:
+                lines = _iter_lines(stream, pos, skip_partial, limit, block_size)
                 yield from _jsonl_records(lines, encoding, counters)
         elif fmt == "csv":
             yield from _csv_records(stream, encoding, counters)
@@ -281,8 +282,43 @@ def block_records(
     start: int, data: bytes, encoding: str, counters: ReadCounters
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """The ``lines`` records of a block from ``iter_line_blocks``, exactly as
-    ``iter_records`` gives them."""
+    ``iter_records`` gives them.
+
+    In an encoding where the byte ``\n`` is always the character ``\n`` and never part of
+    another character (UTF-8, ASCII, the Latin and Windows code pages), a block without
+    ``\r`` that decodes cleanly (the usual case) is decoded once and split once; anything
+    else goes line by line (each line decoded on its own, so a bad byte costs only its
+    line a replacement character)."""
+    if b"\r" not in data and codecs.lookup(encoding).name in BLOCK_SPLIT_ENCODINGS:
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            pass
+        else:
+            return _text_records(start, data, text, counters)
     return _line_records(_split_block(start, data), encoding, counters)
+
+
+BLOCK_SPLIT_ENCODINGS = frozenset(
+    {"utf-8", "ascii", "latin-1", "iso8859-1"}
+    | {f"iso8859-{n}" for n in range(2, 17)}
+    | {f"cp{n}" for n in range(1250, 1259)}
+)
+"""Codec names (as ``codecs.lookup`` gives them) whose text splits like its bytes."""
+
+
+def _text_records(
+    start: int, data: bytes, text: str, counters: ReadCounters
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    lines = text.split("\n")
+    if not lines[-1]:
+        lines.pop()  # the block ends with a newline (only the file's last line may not)
+    # Byte offsets: from the characters when each is one byte, else from the bytes' lines.
+    sizes = map(len, lines if len(text) == len(data) else data.split(b"\n"))
+    for line, size in zip(lines, sizes, strict=False):  # the bytes may end with b""
+        counters.records_in += 1
+        yield start, {"line": line}
+        start += size + 1
 
 
 def _decode(data: bytes, encoding: str, counters: ReadCounters) -> str:
