@@ -513,3 +513,32 @@ def test_position_labels(tmp_path: Path) -> None:
     assert position_label("lines", make_task(path)) == "byte offset"
     assert position_label("jsonl", make_task(path, 0, 0)) == "byte offset"
     assert position_label("csv", make_task(path)) == "row"
+
+
+# --- a block decoded at once == the same block line by line ---------------------------
+
+_TEXTS = st.lists(
+    st.sampled_from(["abc", "é", "日本", " ", "\n", "\r", "\r\n", "\x00", "\u2028", "x\n"]),
+    max_size=30,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=_TEXTS,
+    junk=st.booleans(),
+    encoding=st.sampled_from(["utf-8", "latin-1", "cp1252", "ascii", "utf-8-sig", "shift_jis"]),
+    start=st.integers(0, 10_000),
+)
+def test_block_records_equal_the_line_by_line_records(
+    text: str, junk: bool, encoding: str, start: int
+) -> None:
+    from pipeline import readers
+
+    data = text.encode(encoding, errors="replace") + (b"\xff\xfe\n" if junk else b"")
+    whole = readers.ReadCounters()
+    got = list(readers.block_records(start, data, encoding, whole))
+    by_line = readers.ReadCounters()
+    want = list(readers._line_records(readers._split_block(start, data), encoding, by_line))
+    assert got == want
+    assert (whole.records_in, whole.undecodable) == (by_line.records_in, by_line.undecodable)
