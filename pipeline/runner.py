@@ -181,6 +181,7 @@ class Run:
         self.options = options
         self.out_dir = cfg.output.dir
         self.parts_dir = self.out_dir / parts.PARTS_DIR
+        self.result_key = cfg.result_key()
         self.state = _RunState()
         self.signals = StopSignals()
 
@@ -310,8 +311,10 @@ class Run:
         self, ledger: Ledger, live: LiveStats, progress: Progress, outcome: Outcome, run_id: int
     ) -> None:
         """A batch's final results: one ledger transaction, then the live view and progress."""
-        ledger.commit_tasks(outcome.results, outcome.attempts, run_id)
         tasks = {t.task_id: t for t in outcome.batch.tasks}
+        ledger.commit_tasks(
+            tasks.values(), outcome.results, outcome.attempts, run_id, self.result_key
+        )
         nbytes = failed = 0
         for result in outcome.results:
             task = tasks[result.task_id]

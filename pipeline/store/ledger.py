@@ -345,7 +345,12 @@ class Ledger:
     ) -> None:
         """In one transaction: forget the tasks of changed files, record the new plan as
         pending (tasks already known keep their attempts), and note the new mtime of
-        files that were only touched (same content)."""
+        files that were only touched (same content).
+
+        A task that is its file's only one gets no pending row: it is written once, when
+        it is committed (a row it already has keeps its state until then). Pending rows
+        are what keeps a split file's ranges across an interruption: a file with some
+        ranges in the ledger is never cut again."""
         with self._transaction() as db:
             db.executemany(
                 "UPDATE tasks SET mtime_ns = ? WHERE path = ?",
@@ -372,43 +377,93 @@ class Ledger:
                         run_id,
                     )
                     for t in planned
+                    if not _whole_file(t)
                 ),
             )
 
-    def commit_task(self, result: TaskResult, attempts: int, run_id: int) -> None:
-        self.commit_tasks([result], attempts, run_id)
+    def commit_task(
+        self, task: TaskSpec, result: TaskResult, attempts: int, run_id: int, result_key: str
+    ) -> None:
+        self.commit_tasks([task], [result], attempts, run_id, result_key)
 
-    def commit_tasks(self, results: Sequence[TaskResult], attempts: int, run_id: int) -> None:
-        """Record finished tasks (done or failed) — one batch, one transaction."""
+    def commit_tasks(
+        self,
+        tasks: Iterable[TaskSpec],
+        results: Sequence[TaskResult],
+        attempts: int,
+        run_id: int,
+        result_key: str,
+    ) -> None:
+        """Record finished tasks (done or failed) — one batch, one transaction. ``tasks``
+        describe them (at least every task in ``results``): a task without a pending row
+        is inserted whole, one that has one is updated."""
         now = time.time()
-        rows = [
-            (
-                "done" if r.ok else "failed",
-                attempts,
-                run_id,
-                now,
-                r.duration_s,
-                r.records_in,
-                r.records_out,
-                r.malformed,
-                r.undecodable,
-                r.bytes_read,
-                json.dumps(r.partials) if r.ok else None,
-                r.part if r.ok else None,
-                r.part_offset,
-                r.part_size,
-                r.error_kind,
-                _text(r.error),
-                r.content,
-                r.task_id,
+        specs = {t.task_id: t for t in tasks}
+        rows = []
+        for r in results:
+            t = specs[r.task_id]
+            rows.append(
+                (
+                    r.task_id,
+                    os.fsencode(t.path),
+                    t.offset,
+                    t.length,
+                    t.size,
+                    t.mtime_ns,
+                    t.compression,
+                    result_key,
+                    "done" if r.ok else "failed",
+                    attempts,
+                    run_id,
+                    now,
+                    r.duration_s,
+                    r.records_in,
+                    r.records_out,
+                    r.malformed,
+                    r.undecodable,
+                    r.bytes_read,
+                    json.dumps(r.partials) if r.ok else None,
+                    r.part if r.ok else None,
+                    r.part_offset,
+                    r.part_size,
+                    r.error_kind,
+                    _text(r.error),
+                    r.content,
+                )
             )
-            for r in results
-        ]
         with self._transaction() as db:
-            db.executemany(
-                "UPDATE tasks SET status = ?, attempts = ?, run_id = ?, finished = ?,"
-                " duration_s = ?, records_in = ?, records_out = ?, malformed = ?,"
-                " undecodable = ?, bytes_read = ?, partials = ?, part = ?, part_offset = ?,"
-                " part_size = ?, error_kind = ?, error = ?, content = ? WHERE task_id = ?",
-                rows,
-            )
+            db.executemany(_UPSERT, rows)
+
+
+def _whole_file(task: TaskSpec) -> bool:
+    """Whether the task is its file's only one (the whole file, or one range that is)."""
+    return task.offset == 0 and (task.length is None or task.length == task.size)
+
+
+_RESULT_COLUMNS = (
+    "status",
+    "attempts",
+    "run_id",
+    "finished",
+    "duration_s",
+    "records_in",
+    "records_out",
+    "malformed",
+    "undecodable",
+    "bytes_read",
+    "partials",
+    "part",
+    "part_offset",
+    "part_size",
+    "error_kind",
+    "error",
+    "content",
+)
+_UPSERT = (
+    "INSERT INTO tasks (task_id, path, offset, length, size, mtime_ns, compression, result_key, "
+    + ", ".join(_RESULT_COLUMNS)
+    + ") VALUES ("
+    + ", ".join("?" * (8 + len(_RESULT_COLUMNS)))
+    + ") ON CONFLICT(task_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _RESULT_COLUMNS)
+)

@@ -246,10 +246,25 @@ def done_result(tid: str, **kw) -> TaskResult:
     return TaskResult(tid, ok=True, **values)
 
 
+def commit(
+    ledger: Ledger,
+    result: TaskResult,
+    attempts: int,
+    run: int,
+    task: TaskSpec | None = None,
+    key: str = "k",
+) -> None:
+    """Commit one result; its task is ``spec(path, offset)`` read from an id "path@offset"."""
+    if task is None:
+        path, offset = result.task_id.rsplit("@", 1)
+        task = spec(path, int(offset))
+    ledger.commit_task(task, result, attempts, run, key)
+
+
 def test_commit_task_done_and_failed(ledger: Ledger) -> None:
     run = ledger.start_run("job", "k")
     ledger.replace_tasks([], [spec("/a", 0), spec("/b", 0)], "k", run)
-    ledger.commit_task(done_result("/a@0"), attempts=1, run_id=run)
+    commit(ledger, done_result("/a@0"), 1, run)
     failed = TaskResult(
         "/b@0",
         ok=False,
@@ -258,7 +273,7 @@ def test_commit_task_done_and_failed(ledger: Ledger) -> None:
         error_kind="timeout",
         error="/b: took too long",
     )
-    ledger.commit_task(failed, attempts=3, run_id=run)
+    commit(ledger, failed, 3, run)
     a, b = ledger.tasks()
     assert (a.status, a.attempts, a.records_in, a.records_out, a.malformed, a.undecodable) == (
         "done",
@@ -282,10 +297,10 @@ def test_commit_task_done_and_failed(ledger: Ledger) -> None:
 def test_committed_partials_can_leave_out_one_run(ledger: Ledger) -> None:
     run1 = ledger.start_run("job", "k")
     ledger.replace_tasks([], [spec("/a", 0), spec("/b", 0), spec("/c", 0)], "k", run1)
-    ledger.commit_task(done_result("/a@0", partials={"n": 1}), attempts=1, run_id=run1)
-    ledger.commit_task(TaskResult("/b@0", ok=False, error="x"), attempts=1, run_id=run1)
+    commit(ledger, done_result("/a@0", partials={"n": 1}), 1, run1)
+    commit(ledger, TaskResult("/b@0", ok=False, error="x"), 1, run1)
     run2 = ledger.start_run("job", "k")
-    ledger.commit_task(done_result("/c@0", partials={"n": 5}), attempts=1, run_id=run2)
+    commit(ledger, done_result("/c@0", partials={"n": 5}), 1, run2)
     assert sorted(p["n"] for p in ledger.committed_partials("k")) == [1, 5]
     assert list(ledger.committed_partials("k", except_run=run2)) == [{"n": 1}]
     assert list(ledger.committed_partials("k", except_run=run1)) == [{"n": 5}]
@@ -295,7 +310,7 @@ def test_committed_partials_can_leave_out_one_run(ledger: Ledger) -> None:
 def test_replace_tasks_conflict_keeps_the_row_and_its_attempts(ledger: Ledger) -> None:
     run1 = ledger.start_run("job", "k")
     ledger.replace_tasks([], [spec("/a", 0)], "k", run1)
-    ledger.commit_task(TaskResult("/a@0", ok=False, error_kind="error", error="x"), 2, run1)
+    commit(ledger, TaskResult("/a@0", ok=False, error_kind="error", error="x"), 2, run1)
     run2 = ledger.start_run("job", "k")
     ledger.replace_tasks([], [spec("/a", 0)], "k", run2)
     (row,) = ledger.tasks()
@@ -305,12 +320,35 @@ def test_replace_tasks_conflict_keeps_the_row_and_its_attempts(ledger: Ledger) -
 def test_replace_tasks_drops_rows_of_replaced_paths_only(ledger: Ledger) -> None:
     run = ledger.start_run("job", "k")
     ledger.replace_tasks([], [spec("/a", 0), spec("/a", 10), spec("/b", 0)], "k", run)
-    ledger.commit_task(done_result("/a@0"), 1, run)
-    ledger.replace_tasks(["/a"], [spec("/a", 0, None, tid="/a@new")], "k", run)
+    commit(ledger, done_result("/a@0"), 1, run)
+    ledger.replace_tasks(["/a"], [spec("/a", 0, 50, tid="/a@new")], "k", run)
     assert [(r.task_id, r.path, r.status) for r in ledger.tasks()] == [
         ("/a@new", "/a", "pending"),
         ("/b@0", "/b", "pending"),
     ]
+
+
+def test_a_files_only_task_is_written_once_at_commit(ledger: Ledger) -> None:
+    """No pending row for a whole-file task (nor for a range that is the whole file): the
+    commit inserts it; a split file's ranges are pending from the start."""
+    run = ledger.start_run("job", "k")
+    whole = spec("/w", 0, None, tid="w")
+    one_range = TaskSpec("r", "/r", 0, 100, 100, 7, None, "new")
+    ledger.replace_tasks([], [whole, one_range, spec("/s", 0), spec("/s", 10)], "k", run)
+    assert [r.task_id for r in ledger.tasks()] == ["/s@0", "/s@10"]
+    commit(ledger, done_result("w"), 1, run, whole)
+    commit(ledger, TaskResult("r", ok=False, error_kind="error", error="x"), 2, run, one_range)
+    rows = {r.task_id: r for r in ledger.tasks()}
+    assert (rows["w"].status, rows["w"].length, rows["w"].size, rows["w"].result_key) == (
+        "done",
+        None,
+        100,
+        "k",
+    )
+    assert (rows["r"].status, rows["r"].attempts, rows["r"].error) == ("failed", 2, "x")
+    # committing again (a later run) updates the row in place
+    commit(ledger, done_result("r"), 1, run, one_range)
+    assert [r.status for r in ledger.tasks() if r.task_id == "r"] == ["done"]
 
 
 def test_replace_tasks_is_one_transaction(ledger: Ledger) -> None:
@@ -379,7 +417,7 @@ def test_invalid_utf8_paths_round_trip(ledger: Ledger) -> None:
     run = ledger.start_run("job", "k")
     bad = os.fsdecode(b"/in/caf\xe9 \xff.log")
     ledger.replace_tasks([], [spec(bad, 0, None, tid="t")], "k", run)
-    ledger.commit_task(done_result("t"), 1, run)
+    commit(ledger, done_result("t"), 1, run, spec(bad, 0, None, tid="t"))
     (row,) = ledger.tasks()
     assert row.path == bad
     assert os.fsencode(row.path) == b"/in/caf\xe9 \xff.log"
@@ -396,7 +434,7 @@ def test_readonly_open_reads_and_refuses_writes(tmp_path: Path) -> None:
         assert [r.task_id for r in reader.tasks()] == ["/a@0"]
         assert [r["run_id"] for r in reader.runs()] == [run]
         # it sees what the writer commits later (WAL: readers and a writer coexist)
-        writer.commit_task(done_result("/a@0"), 1, run)
+        commit(writer, done_result("/a@0"), 1, run)
         assert [r.status for r in reader.tasks()] == ["done"]
         with pytest.raises(StoreError):
             reader.start_run("job", "k")
@@ -481,8 +519,9 @@ def test_committed_rows_and_counts_come_from_done_tasks_of_this_config(ledger: L
     run = ledger.start_run("job", "k")
     ledger.replace_tasks([], [spec("/b"), spec("/a"), spec("/c"), spec("/d")], "k", run)
     ledger.replace_tasks([], [spec("/e")], "old", run)
-    ledger.commit_tasks([done_result("/b@0"), done_result("/a@0"), done_result("/e@0")], 1, run)
-    ledger.commit_task(TaskResult("/c@0", ok=False, error_kind="error", error="x"), 1, run)
+    results = [done_result("/b@0"), done_result("/a@0"), done_result("/e@0")]
+    ledger.commit_tasks([spec("/a"), spec("/b"), spec("/e")], results, 1, run, "k")
+    commit(ledger, TaskResult("/c@0", ok=False, error_kind="error", error="x"), 1, run)
     assert [r.task_id for r in ledger.committed("k")] == ["/a@0", "/b@0"]  # in path order
     assert list(ledger.committed("other")) == []
     assert ledger.committed_counts("k") == {"in": 10, "out": 8, "malformed": 2, "undecodable": 4}
