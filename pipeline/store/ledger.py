@@ -21,7 +21,7 @@ from pipeline.errors import LedgerCorruptError, StoreError
 from pipeline.models import TaskResult, TaskSpec
 
 LEDGER_NAME = "ledger.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: tasks keyed by task_id
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS runs (
     report      TEXT
 );
 CREATE TABLE IF NOT EXISTS tasks (
-    task_id     TEXT PRIMARY KEY,
+    task_id     TEXT NOT NULL,
     path        BLOB NOT NULL,
     offset      INTEGER NOT NULL,
     length      INTEGER,
@@ -57,10 +57,13 @@ CREATE TABLE IF NOT EXISTS tasks (
     part_offset INTEGER,
     content     TEXT,
     error_kind  TEXT,
-    error       TEXT
+    error       TEXT,
+    PRIMARY KEY (path, offset)
 );
-CREATE INDEX IF NOT EXISTS tasks_by_path ON tasks (path, offset);
 """
+# Keyed by (path, offset), the order in which tasks are planned, batched and committed:
+# a batch's rows go into neighbouring pages (keyed by the task id, a hash, every row
+# landed on a random page of a second index: 4x slower at 200,000 files).
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +198,9 @@ class Ledger:
                     self._db.execute("ALTER TABLE tasks ADD COLUMN part_offset INTEGER")
                 if "content" not in columns:
                     self._db.execute("ALTER TABLE tasks ADD COLUMN content TEXT")
+                self._rekey_tasks()
                 self._db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                    "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
             check = self._db.execute("PRAGMA quick_check").fetchone()
@@ -212,6 +216,23 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
+
+    def _rekey_tasks(self) -> None:
+        """A ledger of schema 1 (tasks keyed by task id) gets the (path, offset) key: its
+        rows are copied into a new table in one transaction."""
+        keys = {r[1]: r[5] for r in self._db.execute("PRAGMA table_info(tasks)")}
+        if keys.get("path") == 1 and keys.get("offset") == 2:
+            return
+        names = ", ".join(keys)
+        with self._transaction() as db:
+            db.execute("ALTER TABLE tasks RENAME TO tasks_v1")
+            db.execute("DROP INDEX IF EXISTS tasks_by_path")
+            db.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS tasks") :])
+            db.execute(
+                f"INSERT OR REPLACE INTO tasks ({names}) SELECT {names} FROM tasks_v1 "
+                "ORDER BY rowid"
+            )
+            db.execute("DROP TABLE tasks_v1")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -362,7 +383,9 @@ class Ledger:
             db.executemany(
                 "INSERT INTO tasks (task_id, path, offset, length, size, mtime_ns, compression,"
                 " result_key, status, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)"
-                " ON CONFLICT(task_id) DO UPDATE SET status = 'pending', run_id = ?",
+                " ON CONFLICT(path, offset) DO UPDATE SET status = 'pending', run_id = ?,"
+                " task_id = excluded.task_id, length = excluded.length, size = excluded.size,"
+                " mtime_ns = excluded.mtime_ns, result_key = excluded.result_key",
                 (
                     (
                         t.task_id,
@@ -464,6 +487,9 @@ _UPSERT = (
     + ", ".join(_RESULT_COLUMNS)
     + ") VALUES ("
     + ", ".join("?" * (8 + len(_RESULT_COLUMNS)))
-    + ") ON CONFLICT(task_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _RESULT_COLUMNS)
+    + ") ON CONFLICT(path, offset) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = excluded.{c}"
+        for c in ("task_id", "length", "size", "mtime_ns", "compression", *_RESULT_COLUMNS)
+    )
 )

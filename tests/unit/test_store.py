@@ -188,11 +188,66 @@ def test_schema_is_created(tmp_path: Path, ledger: Ledger) -> None:
     try:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"meta", "runs", "tasks"} <= tables
-        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
     finally:
         db.close()
     # reopening an existing ledger keeps it
     Ledger(tmp_path).close()
+
+
+SCHEMA_1_TASKS = """
+CREATE TABLE tasks (
+    task_id TEXT PRIMARY KEY, path BLOB NOT NULL, offset INTEGER NOT NULL, length INTEGER,
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, compression TEXT,
+    result_key TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    run_id INTEGER, finished REAL, duration_s REAL, records_in INTEGER, records_out INTEGER,
+    malformed INTEGER, undecodable INTEGER, bytes_read INTEGER, partials TEXT, part TEXT,
+    part_size INTEGER, error_kind TEXT, error TEXT
+);
+CREATE INDEX tasks_by_path ON tasks (path, offset);
+"""
+
+
+def test_a_schema_1_ledger_is_rekeyed_and_keeps_its_rows(tmp_path: Path) -> None:
+    """A ledger written by an earlier version (tasks keyed by task id, without the later
+    columns) opens with every row, keyed by (path, offset)."""
+    db = sqlite3.connect(tmp_path / LEDGER_NAME)
+    db.executescript(SCHEMA_1_TASKS)
+    db.executemany(
+        "INSERT INTO tasks (task_id, path, offset, length, size, mtime_ns, result_key, status,"
+        " partials, part, part_size) VALUES (?, ?, ?, ?, 100, 7, 'k', ?, ?, ?, ?)",
+        [
+            ("t2", b"/b", 0, None, "done", '{"n": 2}', "p.jsonl", 5),
+            ("t1", b"/a", 50, 50, "pending", None, None, None),
+            ("t0", b"/a", 0, 50, "done", '{"n": 1}', "p.jsonl", 9),
+        ],
+    )
+    db.commit()
+    db.close()
+    ledger = Ledger(tmp_path)
+    try:
+        rows = [(r.task_id, r.path, r.offset, r.status, r.part_offset) for r in ledger.tasks()]
+        assert rows == [
+            ("t0", "/a", 0, "done", 0),
+            ("t1", "/a", 50, "pending", 0),
+            ("t2", "/b", 0, "done", 0),
+        ]
+        assert sorted(p["n"] for p in ledger.committed_partials("k")) == [1, 2]
+        # and it works as a current ledger: a commit updates the row at (path, offset)
+        run = ledger.start_run("job", "k")
+        commit(ledger, done_result("t1"), 1, run, TaskSpec("t1", "/a", 50, 50, 100, 7))
+        assert [r.status for r in ledger.tasks()] == ["done", "done", "done"]
+    finally:
+        ledger.close()
+    db = sqlite3.connect(tmp_path / LEDGER_NAME)
+    try:
+        keys = {r[1]: r[5] for r in db.execute("PRAGMA table_info(tasks)")}
+        assert (keys["path"], keys["offset"], keys["task_id"]) == (1, 2, 0)
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+        assert "tasks_v1" not in tables and "tasks_by_path" not in tables
+    finally:
+        db.close()
 
 
 def test_wal_mode_is_on(tmp_path: Path, ledger: Ledger) -> None:
