@@ -24,10 +24,11 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 from pipeline import aggregates, fastpath, readers, steps
+from pipeline.digest import reads_small_file
 from pipeline.models import Batch, JobSpec, TaskResult, TaskSpec
 from pipeline.store.parts import TMP_DIR, part_writer
 
@@ -167,7 +168,12 @@ class TaskRunner:
         line through the generic chain (same results, only slower)."""
         assert self.fast is not None
         encoding = self.job.encoding
-        blocks = readers.iter_line_blocks(task, counters, block_size=self.block_size)
+        blocks: Iterable[tuple[int, bytes]]
+        if task.compression is None and reads_small_file(task):
+            data = readers.read_small_file(task, counters)  # all its lines: one block
+            blocks = ((0, data),) if data else ()
+        else:
+            blocks = readers.iter_line_blocks(task, counters, block_size=self.block_size)
         for start, data in blocks:
             try:
                 columns, rows, lines, malformed = self.fast.run_block(data.decode(encoding))

@@ -261,11 +261,19 @@ def test_huge_line_larger_than_block_and_chunk(tmp_path: Path) -> None:
 def test_closing_early_settles_bytes_read(tmp_path: Path) -> None:
     path = write(tmp_path, b"line\n" * 1000)
     counters = ReadCounters()
-    records = iter_records(make_task(path), "lines", "utf-8", counters, block_size=100)
+    # a range, not the whole file: read block by block
+    records = iter_records(make_task(path, 0, 4000), "lines", "utf-8", counters, block_size=100)
     next(records)
     records.close()
     assert counters.bytes_read == 100
     assert counters.records_in == 1
+    # a small file read whole is read in one call: every byte, and its digest
+    counters = ReadCounters()
+    records = iter_records(make_task(path), "lines", "utf-8", counters, block_size=100)
+    next(records)
+    records.close()
+    assert counters.bytes_read == 5000 and counters.records_in == 1
+    assert counters.content is not None and counters.opened is not None
 
 
 def test_rejects_inconsistent_tasks(tmp_path: Path) -> None:
