@@ -124,7 +124,7 @@ def discover(
     patterns: Sequence[str], exclude: Sequence[str] = ()
 ) -> tuple[list[InputFile], list[SkippedInput], list[str]]:
     """Expand ``patterns`` into files; returns (files, skipped, patterns that matched nothing)."""
-    matched: set[str] = set()
+    matched: list[str] = []
     unmatched: list[str] = []
     files: list[InputFile] = []
     skipped: list[SkippedInput] = []
@@ -133,23 +133,23 @@ def discover(
             hits: Iterable[str] = _recursive_glob(pattern, skipped)
         else:
             hits = glob.iglob(pattern)
-        found = False
-        for hit in hits:
-            matched.add(os.path.normpath(hit))
-            found = True
-        if not found and os.path.lexists(pattern):
-            matched.add(os.path.normpath(pattern))  # a literal name with glob characters
-        elif not found:
+        before = len(matched)
+        matched.extend(map(os.path.normpath, hits))
+        if len(matched) == before and os.path.lexists(pattern):
+            matched.append(os.path.normpath(pattern))  # a literal name with glob characters
+        elif len(matched) == before:
             unmatched.append(pattern)
 
-    seen: set[tuple[int, int]] = set()
-    # For ASCII names (the usual case) str order is byte order: no key objects to build.
+    # Sorted in place (for ASCII names, the usual case, str order is byte order: no key
+    # objects to build); a path matched by several patterns is then next to itself.
     ascii_only = all(path.isascii() for path in matched)
-    ordered = sorted(matched, key=None if ascii_only else path_sort_key)
-    matched.clear()  # its table is large for many files: let it go before the next step
-    for path in ordered:
-        if exclude and _excluded(path, exclude):
+    matched.sort(key=None if ascii_only else path_sort_key)
+    seen: set[int] = set()  # (device, inode) as one int: a third of a tuple's size
+    previous = None
+    for path in matched:
+        if path == previous or (exclude and _excluded(path, exclude)):
             continue
+        previous = path
         try:
             st = os.stat(path)
         except OSError as exc:
@@ -158,10 +158,11 @@ def discover(
         if not stat.S_ISREG(st.st_mode):
             skipped.append(SkippedInput(path, f"skipped: {_kind(st.st_mode)}"))
             continue
-        identity = (st.st_dev, st.st_ino)
+        identity = st.st_dev << 64 | st.st_ino
         if identity in seen:
             log.debug("%s: same file as an earlier path, skipped", path)
             continue
         seen.add(identity)
         files.append(InputFile(path, st.st_size, st.st_mtime_ns, compression_of(path)))
+    matched.clear()
     return files, skipped, unmatched

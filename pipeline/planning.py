@@ -12,6 +12,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from pipeline.chunking import is_splittable, split_ranges
 from pipeline.digest import file_digest
@@ -96,7 +97,7 @@ def _reuse_reason(row: TaskRow, part_sizes: dict[str, int] | None, parts_dir: st
 
 
 def make_plan(
-    files: Sequence[InputFile],
+    files: Iterable[InputFile],
     rows_by_path: Mapping[str, Sequence[TaskRow]],
     *,
     fmt: str,
@@ -165,6 +166,10 @@ COMPRESSED_WORK = 4
 then several times more lines than bytes read), used only to order and batch tasks."""
 
 
+def _path_order(task: TaskSpec) -> tuple[bytes, int]:
+    return os.fsencode(task.path), task.offset
+
+
 def _task_work(task: TaskSpec) -> int:
     return _task_bytes(task) * (COMPRESSED_WORK if task.compression else 1)
 
@@ -178,10 +183,9 @@ def make_batches(tasks: Sequence[TaskSpec], workers: int, chunk_size: int) -> li
     enough to balance the load, few enough that per-batch costs vanish."""
     threshold = max(1, min(chunk_size // 8, ALONE_WORK))
     big = sorted((t for t in tasks if _task_work(t) >= threshold), key=_task_work, reverse=True)
-    small = sorted(
-        (t for t in tasks if _task_work(t) < threshold),
-        key=lambda t: (os.fsencode(t.path), t.offset),
-    )
+    small = [t for t in tasks if _task_work(t) < threshold]
+    if not all(_path_order(a) <= _path_order(b) for a, b in pairwise(small)):
+        small.sort(key=_path_order)  # a plan is in path order already: no keys to hold
     per_batch = max(1, min(256, len(small) // (max(1, workers) * 8)))
     batches = [Batch.of((t,)) for t in big]
     group: list[TaskSpec] = []

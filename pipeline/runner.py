@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.managers import SyncManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline import worker
 from pipeline.config import PipelineConfig
@@ -38,7 +38,7 @@ from pipeline.errors import ConfigError, ExecutionError, ExitCode, StoreError
 from pipeline.executors import ExecutorOptions, Outcome, make_executor
 from pipeline.executors.process import get_context, helpers_shielded
 from pipeline.live import LiveStats
-from pipeline.models import Batch, InputFile, JobSpec, SkippedInput, TaskResult, TaskSpec
+from pipeline.models import InputFile, JobSpec, SkippedInput, TaskResult, TaskSpec
 from pipeline.planning import Plan, make_batches, make_plan
 from pipeline.reporting import Progress, choose_mode, summary_lines
 from pipeline.store import merge, parts
@@ -47,6 +47,7 @@ from pipeline.store.ledger import Ledger, TaskRow
 from pipeline.store.lock import RunLock
 from pipeline.units import format_size
 
+_T = TypeVar("_T")
 log = logging.getLogger("pipeline")
 
 LIVE_EVERY_S = 0.5  # how often the live view in the Manager dict is refreshed
@@ -144,7 +145,7 @@ def rows_by_path(rows: Iterable[TaskRow]) -> dict[str, list[TaskRow]]:
 
 
 def plan_run(
-    cfg: PipelineConfig, files: list[InputFile], rows: Iterable[TaskRow], full: bool = False
+    cfg: PipelineConfig, files: Iterable[InputFile], rows: Iterable[TaskRow], full: bool = False
 ) -> Plan:
     write_records = cfg.output.records != "none"
     return make_plan(
@@ -203,8 +204,7 @@ class Run:
         result_key = self.cfg.result_key()
         ledger = Ledger(self.out_dir)
         try:
-            plan = plan_run(self.cfg, files, ledger.tasks_for_planning(), self.options.full)
-            files.clear()  # the plan holds what is needed now (memory: many files)
+            plan = plan_run(self.cfg, _drain(files), ledger.tasks_for_planning(), self.options.full)
             run_id = ledger.start_run(self.cfg.name, result_key)
             ledger.replace_tasks(plan.drop_paths, plan.run, result_key, run_id, plan.touched)
         finally:
@@ -437,12 +437,12 @@ class Run:
         return RunResult(exit_code, report, stats)
 
 
-def _drain(batches: list[Batch]) -> Iterator[Batch]:
-    """Hand the batches out in order, letting go of each one as it goes (memory stays
-    bounded by what is in flight, not by the number of files)."""
-    batches.reverse()
-    while batches:
-        yield batches.pop()
+def _drain(items: list[_T]) -> Iterator[_T]:
+    """Hand the items (files to plan, batches to run) out in order, letting go of each
+    one as it goes: memory holds what is still to come, not what is done with."""
+    items.reverse()
+    while items:
+        yield items.pop()
 
 
 def _iso(timestamp: float) -> str:
