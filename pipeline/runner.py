@@ -201,7 +201,7 @@ class Run:
         started = time.time()
         parts.prepare(str(self.parts_dir))
         remove_temp_files(self.out_dir)  # outputs a kill -9 interrupted mid-write
-        result_key = self.cfg.result_key()
+        result_key = self.result_key
         ledger = Ledger(self.out_dir)
         try:
             plan = plan_run(self.cfg, _drain(files), ledger.tasks_for_planning(), self.options.full)
@@ -354,7 +354,7 @@ class Run:
         exactly this committed state (a run with nothing new rewrites nothing). The stats
         merge this run's tasks as ``live`` already holds them with the partials the ledger
         keeps for every other done task."""
-        result_key = self.cfg.result_key()
+        result_key = self.result_key
         state = f"{ledger.committed_state(result_key)}:{self.cfg.output.records}"
         stats_path = self.out_dir / merge.STATS_NAME
         records_name = merge.RECORDS_NAMES.get(self.cfg.output.records)
@@ -388,7 +388,7 @@ class Run:
         started: float,
         budget: int | None,
     ) -> RunResult:
-        result_key = self.cfg.result_key()
+        result_key = self.result_key
         stats = self._write_outputs(ledger, live, run_id)
 
         signal_code = self.signals.exit_code
