@@ -71,7 +71,8 @@ def _component_regex(component: str) -> str:
 
 def _recursive_glob(pattern: str, skipped: list[SkippedInput]) -> Iterator[str]:
     """Expand a pattern with a ``**`` component, visiting each directory once (a
-    generator: a walk over many files never holds a second list of their paths)."""
+    generator: a walk over many files never holds a second list of their paths). Paths
+    come out normalised (``os.path.normpath``), each folder normalised once."""
     parts = pattern.split("/")
     fixed: list[str] = []
     for part in parts:
@@ -84,7 +85,8 @@ def _recursive_glob(pattern: str, skipped: list[SkippedInput]) -> Iterator[str]:
         regex_parts.append("(?:[^/.][^/]*/)*" if part == "**" else _component_regex(part) + "/")
     tail = "".join(regex_parts)
     tail = tail[:-1] if tail.endswith("/") else tail + "[^/.][^/]*"
-    prefix = re.escape(root.rstrip("/") + "/") if fixed else ""
+    norm_root = os.path.normpath(root)
+    prefix = re.escape(norm_root.rstrip("/") + "/") if fixed and norm_root != "." else ""
     matcher = re.compile(prefix + tail)
 
     if not os.path.isdir(root):
@@ -94,7 +96,7 @@ def _recursive_glob(pattern: str, skipped: list[SkippedInput]) -> Iterator[str]:
         skipped.append(SkippedInput(exc.filename or root, f"cannot read: {exc.strerror}"))
 
     if parts[-1] == "**" and fixed:
-        yield root  # as glob: "d/**" has d
+        yield norm_root  # as glob: "d/**" has d
     visited: set[tuple[int, int]] = set()
     for folder, subdirs, files in os.walk(root, followlinks=True, onerror=unreadable):
         try:
@@ -107,11 +109,12 @@ def _recursive_glob(pattern: str, skipped: list[SkippedInput]) -> Iterator[str]:
             continue
         visited.add((st.st_dev, st.st_ino))
         subdirs.sort(key=lambda d, f=folder: (os.path.islink(os.path.join(f, d)), d))
+        base = os.path.normpath(folder)  # "./a" -> "a"; entries are plain names
+        base = "" if base == "." else base if base.endswith("/") else base + "/"
+        fullmatch = matcher.fullmatch
         for name in (*files, *subdirs):
-            path = os.path.join(folder, name)
-            if not fixed:
-                path = os.path.normpath(path)  # "./a/b.log" -> "a/b.log"
-            if matcher.fullmatch(path):
+            path = base + name
+            if fullmatch(path):
                 yield path
 
 
@@ -130,11 +133,11 @@ def discover(
     skipped: list[SkippedInput] = []
     for pattern in patterns:
         if "**" in pattern.split("/"):
-            hits: Iterable[str] = _recursive_glob(pattern, skipped)
+            hits: Iterable[str] = _recursive_glob(pattern, skipped)  # already normalised
         else:
-            hits = glob.iglob(pattern)
+            hits = map(os.path.normpath, glob.iglob(pattern))
         before = len(matched)
-        matched.extend(map(os.path.normpath, hits))
+        matched.extend(hits)
         if len(matched) == before and os.path.lexists(pattern):
             matched.append(os.path.normpath(pattern))  # a literal name with glob characters
         elif len(matched) == before:

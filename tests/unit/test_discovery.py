@@ -84,6 +84,20 @@ def test_paths_are_normalised(tmp_path: Path) -> None:
     assert paths(files) == [a]
 
 
+def test_double_star_paths_are_normalised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = touch(tmp_path / "d" / "e" / "x.log")
+    top = touch(tmp_path / "d" / "y.log")
+    for pattern in (str(tmp_path) + "//d/./**/*.log", str(tmp_path) + "/d/e/../**/*.log"):
+        files, _, _ = discover([pattern])
+        assert paths(files) == [deep, top], pattern
+    monkeypatch.chdir(tmp_path)
+    for pattern in ("**/*.log", "./**/*.log", "d/../d/**/*.log"):
+        files, _, _ = discover([pattern])
+        assert [f.path for f in files] == ["d/e/x.log", "d/y.log"], pattern
+    files, _, _ = discover(["./d/**"])  # as glob, "d/**" has d itself: a folder, skipped
+    assert [f.path for f in files] == ["d/e/x.log", "d/y.log"]
+
+
 def test_literal_name_with_glob_characters(tmp_path: Path) -> None:
     literal = touch(tmp_path / "[x].log")
     files, _, unmatched = discover([str(tmp_path / "[x].log")])
