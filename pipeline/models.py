@@ -57,6 +57,20 @@ class TaskSpec:
     compression: str | None = None
     reason: str = "new"
 
+    def __reduce__(self) -> tuple[type[TaskSpec], tuple[Any, ...]]:
+        # Every task crosses to a worker: a constructor call unpickles in half the time of
+        # the default (which sets each slot of a frozen instance one by one).
+        return TaskSpec, (
+            self.task_id,
+            self.path,
+            self.offset,
+            self.length,
+            self.size,
+            self.mtime_ns,
+            self.compression,
+            self.reason,
+        )
+
     @property
     def end(self) -> int | None:
         return None if self.length is None else self.offset + self.length
@@ -124,3 +138,26 @@ class TaskResult:
     error_kind: str | None = None  # error | crashed | timeout
     error: str | None = None
     traceback: str | None = None
+
+    def __reduce__(self) -> tuple[type[TaskResult], tuple[Any, ...]]:
+        # Every task's result crosses back from a worker: a constructor call unpickles in a
+        # third of the time of the default (slot by slot).
+        return TaskResult, (
+            self.task_id,
+            self.ok,
+            self.records_in,
+            self.records_out,
+            self.malformed,
+            self.undecodable,
+            self.bytes_read,
+            self.partials,
+            self.part,
+            self.part_offset,
+            self.part_size,
+            self.duration_s,
+            self.pid,
+            self.content,
+            self.error_kind,
+            self.error,
+            self.traceback,
+        )
