@@ -312,9 +312,7 @@ class Run:
     ) -> None:
         """A batch's final results: one ledger transaction, then the live view and progress."""
         tasks = {t.task_id: t for t in outcome.batch.tasks}
-        ledger.commit_tasks(
-            tasks.values(), outcome.results, outcome.attempts, run_id, self.result_key
-        )
+        ledger.commit_tasks(tasks, outcome.results, outcome.attempts, run_id, self.result_key)
         nbytes = failed = 0
         for result in outcome.results:
             task = tasks[result.task_id]

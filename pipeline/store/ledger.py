@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -387,18 +387,7 @@ class Ledger:
                 " task_id = excluded.task_id, length = excluded.length, size = excluded.size,"
                 " mtime_ns = excluded.mtime_ns, result_key = excluded.result_key",
                 (
-                    (
-                        t.task_id,
-                        os.fsencode(t.path),
-                        t.offset,
-                        t.length,
-                        t.size,
-                        t.mtime_ns,
-                        t.compression,
-                        result_key,
-                        run_id,
-                        run_id,
-                    )
+                    (*_identity(t, result_key), run_id, run_id)
                     for t in planned
                     if not _whole_file(t)
                 ),
@@ -407,34 +396,25 @@ class Ledger:
     def commit_task(
         self, task: TaskSpec, result: TaskResult, attempts: int, run_id: int, result_key: str
     ) -> None:
-        self.commit_tasks([task], [result], attempts, run_id, result_key)
+        self.commit_tasks({task.task_id: task}, [result], attempts, run_id, result_key)
 
     def commit_tasks(
         self,
-        tasks: Iterable[TaskSpec],
+        tasks: Mapping[str, TaskSpec],
         results: Sequence[TaskResult],
         attempts: int,
         run_id: int,
         result_key: str,
     ) -> None:
         """Record finished tasks (done or failed) — one batch, one transaction. ``tasks``
-        describe them (at least every task in ``results``): a task without a pending row
-        is inserted whole, one that has one is updated."""
+        describe them by id (at least every task in ``results``): a task without a pending
+        row is inserted whole, one that has one is updated."""
         now = time.time()
-        specs = {t.task_id: t for t in tasks}
         rows = []
         for r in results:
-            t = specs[r.task_id]
             rows.append(
                 (
-                    r.task_id,
-                    os.fsencode(t.path),
-                    t.offset,
-                    t.length,
-                    t.size,
-                    t.mtime_ns,
-                    t.compression,
-                    result_key,
+                    *_identity(tasks[r.task_id], result_key),
                     "done" if r.ok else "failed",
                     attempts,
                     run_id,
@@ -456,6 +436,20 @@ class Ledger:
             )
         with self._transaction() as db:
             db.executemany(_UPSERT, rows)
+
+
+def _identity(task: TaskSpec, result_key: str) -> tuple[Any, ...]:
+    """The leading columns of a task's row: what it is, and under which config."""
+    return (
+        task.task_id,
+        os.fsencode(task.path),
+        task.offset,
+        task.length,
+        task.size,
+        task.mtime_ns,
+        task.compression,
+        result_key,
+    )
 
 
 def _whole_file(task: TaskSpec) -> bool:

@@ -575,7 +575,8 @@ def test_committed_rows_and_counts_come_from_done_tasks_of_this_config(ledger: L
     ledger.replace_tasks([], [spec("/b"), spec("/a"), spec("/c"), spec("/d")], "k", run)
     ledger.replace_tasks([], [spec("/e")], "old", run)
     results = [done_result("/b@0"), done_result("/a@0"), done_result("/e@0")]
-    ledger.commit_tasks([spec("/a"), spec("/b"), spec("/e")], results, 1, run, "k")
+    specs = {t.task_id: t for t in (spec("/a"), spec("/b"), spec("/e"))}
+    ledger.commit_tasks(specs, results, 1, run, "k")
     commit(ledger, TaskResult("/c@0", ok=False, error_kind="error", error="x"), 1, run)
     assert [r.task_id for r in ledger.committed("k")] == ["/a@0", "/b@0"]  # in path order
     assert list(ledger.committed("other")) == []
