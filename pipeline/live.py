@@ -46,10 +46,17 @@ class LiveStats:
         return self._partials
 
     def add(self, results: Sequence[TaskResult]) -> None:
-        """Committed results (a batch's): one merge for all of them."""
-        done = [r.partials for r in results if r.ok]
-        if done:
-            self._partials = aggregates.merge_many(self._specs, [self._partials, *done])
+        """Committed results (a batch's): one merge for all of them. Files the worker
+        packed bring their merge with them (``TaskResult.packed``)."""
+        done = [r for r in results if r.ok]
+        packed = next((r.packed for r in done if r.packed is not None), None)
+        if packed is None:
+            partials = [r.partials for r in done]
+        else:
+            partials = [r.partials for r in done if r.task_id not in packed.task_ids]
+            partials.append(packed.merged)
+        if partials:
+            self._partials = aggregates.merge_many(self._specs, [self._partials, *partials])
         counts = self._counts
         counts["tasks_done"] += len(done)
         counts["tasks_failed"] += len(results) - len(done)

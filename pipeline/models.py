@@ -116,6 +116,20 @@ class Batch:
         return f"{first.path} and {len(self.tasks) - 1} more files"
 
 
+@dataclass(frozen=True, slots=True)
+class PackedTasks:
+    """The done whole files of a batch, packed by the worker into what their one ledger
+    row holds (``store.ledger.pack_tasks``): the main process commits them without
+    touching each file, and never merges or encodes their partials itself."""
+
+    task_ids: frozenset[str]
+    members: str  # JSON, the ledger's format
+    merged: dict[str, Any]  # their partials, merged
+    first_path: bytes
+    totals: tuple[int, ...]  # files, records in/out, malformed, undecodable, bytes read, part
+    part: str | None
+
+
 @dataclass(slots=True)
 class TaskResult:
     """What a worker hands back per task: counts, stats partials, and where the task's
@@ -138,6 +152,9 @@ class TaskResult:
     error_kind: str | None = None  # error | crashed | timeout
     error: str | None = None
     traceback: str | None = None
+    # On the first done result of a batch: every done whole file of the batch, packed
+    # (their own ``partials`` are then left empty for the trip back).
+    packed: PackedTasks | None = None
 
     def __reduce__(self) -> tuple[type[TaskResult], tuple[Any, ...]]:
         # Every task's result crosses back from a worker: a constructor call unpickles in a
@@ -160,4 +177,5 @@ class TaskResult:
             self.error_kind,
             self.error,
             self.traceback,
+            self.packed,
         )

@@ -123,6 +123,8 @@ def make_plan(
             for row in rows:
                 reason = _reuse_reason(row, part_sizes, parts_dir or "")
                 (plan.skip if reason == "unchanged" else plan.run).append(row.spec(reason))
+            if reason != "unchanged" and _single_whole(rows):
+                plan.drop_paths.append(file.path)  # its new result replaces the row whole
             continue
         if full:
             reason = "full"
@@ -136,6 +138,14 @@ def make_plan(
             plan.drop_paths.append(file.path)
         plan.run.extend(new_tasks(file, fmt, chunk_size, result_key, reason))
     return plan.settle()
+
+
+def _single_whole(rows: Sequence[TaskRow]) -> bool:
+    """Whether a file's rows are one task covering the whole file."""
+    if len(rows) != 1:
+        return False
+    (row,) = rows
+    return row.offset == 0 and (row.length is None or row.length == row.size)
 
 
 def _only_touched(file: InputFile, rows: Sequence[TaskRow]) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -30,9 +31,11 @@ from typing import Any, BinaryIO
 from pipeline import aggregates, fastpath, readers, steps
 from pipeline.digest import reads_small_file
 from pipeline.models import Batch, JobSpec, TaskResult, TaskSpec
+from pipeline.store.packing import pack_tasks, whole_file
 from pipeline.store.parts import TMP_DIR, part_writer
 
 PARENT_GONE_EXIT = 70
+log = logging.getLogger(__name__)
 
 
 def _json_default(value: Any) -> Any:
@@ -96,7 +99,19 @@ class TaskRunner:
 
     def run_batch(self, batch: Batch) -> list[TaskResult]:
         """Every task of the batch, records into one part file. A task that fails leaves
-        nothing in the part; the others are unaffected."""
+        nothing in the part; the others are unaffected. The done whole files of a batch
+        of several are packed for their ledger row (``TaskResult.packed``, on the first)."""
+        results = self._run_batch(batch)
+        done = [(task, r) for task, r in zip(batch.tasks, results, strict=True) if r.ok]
+        if len(done) > 1 and all(whole_file(task) for task, _ in done):
+            try:
+                merged = aggregates.merge_many(self.job.stats, [r.partials for _, r in done])
+                done[0][1].packed = pack_tasks(done, merged)
+            except Exception:  # unpacked, they are committed one row each
+                log.exception("%s: cannot pack the batch's results", batch.describe())
+        return results
+
+    def _run_batch(self, batch: Batch) -> list[TaskResult]:
         if not self.job.write_records:
             return [self._run(task, None) for task in batch.tasks]
         results: list[TaskResult] = []
@@ -330,9 +345,15 @@ def pool_run(batch: Batch) -> tuple[str, list[TaskResult]]:
     announcer: Announcer = _PROCESS["announcer"]
     announcer.busy(batch.batch_id)
     try:
-        return batch.batch_id, runner.run_batch(batch)
+        results = runner.run_batch(batch)
     finally:
         announcer.idle()
+    packed = next((r.packed for r in results if r.packed is not None), None)
+    if packed is not None:  # the packed merge stands for them: no need to send them twice
+        for result in results:
+            if result.task_id in packed.task_ids:
+                result.partials = {}
+    return batch.batch_id, results
 
 
 def init_manager() -> None:

@@ -1,13 +1,24 @@
 """The ledger: one SQLite row per task and per run; the only authority on what is done.
 
 Only the main process's main thread writes it, one short ``BEGIN IMMEDIATE`` transaction
-per committed task. WAL mode keeps every committed transaction across a ``kill -9``.
+per committed batch. WAL mode keeps every committed transaction across a ``kill -9``.
 Paths are stored as ``os.fsencode`` bytes (BLOB) so names that are not valid UTF-8 work.
+
+A batch of small whole files that all succeed is one task of the ledger: one row of
+``batches`` whose ``members`` column packs each file's fingerprint, counts and partials
+(JSON), next to the batch's totals and merged partials. Writing 20,000 tiny files as
+20,000 rows cost the main process more than the workers spent reading them; as 80 rows it
+costs almost nothing. Readers see every member as a ``TaskRow`` like any other: the
+packing is this module's business. A path is in at most one place: one or more rows of
+``tasks``, or one member of one batch row.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import heapq
+import itertools
 import json
 import os
 import sqlite3
@@ -18,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import LedgerCorruptError, StoreError
-from pipeline.models import TaskResult, TaskSpec
+from pipeline.models import PackedTasks, TaskResult, TaskSpec
+from pipeline.store import packing
 
 LEDGER_NAME = "ledger.sqlite"
-SCHEMA_VERSION = 2  # 1: tasks keyed by task_id
+SCHEMA_VERSION = 3  # 1: tasks keyed by task_id; 2: no batch rows
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -60,6 +72,22 @@ CREATE TABLE IF NOT EXISTS tasks (
     error       TEXT,
     PRIMARY KEY (path, offset)
 );
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id    TEXT PRIMARY KEY,
+    first_path  BLOB NOT NULL,
+    result_key  TEXT NOT NULL,
+    run_id      INTEGER,
+    finished    REAL,
+    attempts    INTEGER NOT NULL,
+    files       INTEGER NOT NULL,
+    records_in  INTEGER, records_out INTEGER, malformed INTEGER, undecodable INTEGER,
+    bytes_read  INTEGER,
+    partials    TEXT,
+    part        TEXT,
+    part_size   INTEGER,
+    members     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batches_by_first_path ON batches (first_path);
 """
 # Keyed by (path, offset), the order in which tasks are planned, batched and committed:
 # a batch's rows go into neighbouring pages (keyed by the task id, a hash, every row
@@ -91,10 +119,13 @@ class TaskRow:
     error: str | None
     part_offset: int = 0  # where this task's records start in its batch's part file
     content: str | None = None  # digest of a small whole file (see worker.content_digest)
+    parsed_partials: dict[str, Any] | None = None  # a batch member's, parsed with its batch
 
     @property
     def partials(self) -> dict[str, Any] | None:
         """Parsed on demand: planning reads every row but needs no partials."""
+        if self.parsed_partials is not None:
+            return self.parsed_partials
         return json.loads(self.partials_json) if self.partials_json else None
 
     def spec(self, reason: str) -> TaskSpec:
@@ -227,7 +258,8 @@ class Ledger:
         with self._transaction() as db:
             db.execute("ALTER TABLE tasks RENAME TO tasks_v1")
             db.execute("DROP INDEX IF EXISTS tasks_by_path")
-            db.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS tasks") :])
+            start = _SCHEMA.index("CREATE TABLE IF NOT EXISTS tasks")
+            db.execute(_SCHEMA[start : _SCHEMA.index(";", start)])
             db.execute(
                 f"INSERT OR REPLACE INTO tasks ({names}) SELECT {names} FROM tasks_v1 "
                 "ORDER BY rowid"
@@ -305,20 +337,26 @@ class Ledger:
             "WHERE status = 'done' AND result_key = ?",
             (result_key,),
         ).fetchone()
-        return f"{result_key}:{count}:{last}:{size}"
+        batches = self._db.execute(
+            "SELECT count(*), total(files), max(finished), total(part_size), total(records_in) "
+            "FROM batches WHERE result_key = ?",
+            (result_key,),
+        ).fetchone()
+        return f"{result_key}:{count}:{last}:{size}:" + ":".join(map(str, batches))
 
     # --- tasks ----------------------------------------------------------------------
     def tasks(self) -> Iterator[TaskRow]:
         """Every task, in the deterministic output order: by path bytes, then offset."""
-        query = f"SELECT {_ROW_COLUMNS} FROM tasks ORDER BY path, offset"
-        for values in self._db.execute(query):
-            yield _row(values)
+        return self._ordered(f"SELECT {_ROW_COLUMNS} FROM tasks ORDER BY path, offset", (), "", ())
 
     def tasks_for_planning(self) -> Iterator[TaskRow]:
-        """Every task, without its stats partials (planning never needs them)."""
+        """Every task, without the stats partials of ``tasks`` rows (planning never needs
+        them); in no particular order."""
         columns = _ROW_COLUMNS.replace("partials,", "NULL,")
-        for values in self._db.execute(f"SELECT {columns} FROM tasks ORDER BY path, offset"):
+        for values in self._db.execute(f"SELECT {columns} FROM tasks"):
             yield _row(values)
+        for values in self._db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches"):
+            yield from _member_rows(values)
 
     def committed(self, result_key: str) -> Iterator[TaskRow]:
         """The done tasks of the current result-affecting config, in output order —
@@ -327,34 +365,77 @@ class Ledger:
             f"SELECT {_ROW_COLUMNS} FROM tasks WHERE status = 'done' AND result_key = ? "
             "ORDER BY path, offset"
         )
-        for values in self._db.execute(query, (result_key,)):
-            yield _row(values)
+        return self._ordered(query, (result_key,), "WHERE result_key = ?", (result_key,))
+
+    def _ordered(
+        self, query: str, params: tuple[Any, ...], batch_filter: str, batch_params: tuple[Any, ...]
+    ) -> Iterator[TaskRow]:
+        """Rows of ``tasks`` (``query``, in path order) merged with the members of the batch
+        rows that ``batch_filter`` selects, in (path bytes, offset) order. A batch is
+        unpacked only when the merge reaches its first path, so memory holds the batches
+        that overlap the current path (usually one), not the ledger."""
+        heap: list[tuple[tuple[bytes, int], int, TaskRow, Iterator[TaskRow]]] = []
+        tie = itertools.count()
+
+        def push(rows: Iterator[TaskRow]) -> None:
+            row = next(rows, None)
+            if row is not None:
+                heapq.heappush(heap, ((os.fsencode(row.path), row.offset), next(tie), row, rows))
+
+        push(_row(values) for values in self._db.execute(query, params))
+        batches = self._db.execute(
+            f"SELECT first_path, {_BATCH_COLUMNS} FROM batches {batch_filter} ORDER BY first_path",
+            batch_params,
+        )
+        pending = next(batches, None)
+        while heap or pending is not None:
+            while pending is not None and (not heap or pending[0] <= heap[0][0][0]):
+                push(iter(_member_rows(pending[1:])))
+                pending = next(batches, None)
+            _, _, row, rows = heapq.heappop(heap)
+            yield row
+            push(rows)
 
     def committed_partials(
         self, result_key: str, *, except_run: int | None = None
     ) -> Iterator[dict[str, Any] | None]:
-        """The stats partials of the done tasks, streamed; ``except_run``: leave out the
-        tasks that run committed (the runner already holds their merge)."""
-        query = "SELECT partials FROM tasks WHERE status = 'done' AND result_key = ?"
+        """The stats partials of the done tasks, streamed (a batch's merged partials in
+        one); ``except_run``: leave out the tasks that run committed (the runner already
+        holds their merge)."""
+        where = "WHERE result_key = ?"
         params: tuple[Any, ...] = (result_key,)
         if except_run is not None:
-            query += " AND run_id IS NOT ?"
+            where += " AND run_id IS NOT ?"
             params += (except_run,)
-        for (text,) in self._db.execute(query, params):
+        for (text,) in self._db.execute(
+            f"SELECT partials FROM tasks {where} AND status = 'done'", params
+        ):
             yield json.loads(text) if text else None
+        for text, members in self._db.execute(
+            f"SELECT partials, members FROM batches {where}", params
+        ):
+            if text is not None:
+                yield json.loads(text)
+            else:  # a member left the batch: its merge is gone, the members' remain
+                for member in json.loads(members):
+                    yield member[packing.M_PARTIALS]
 
     def committed_counts(self, result_key: str) -> dict[str, int]:
         """``records`` of report.json: totals over the committed tasks."""
-        row = self._db.execute(
-            "SELECT total(records_in), total(records_out), total(malformed), "
-            "total(undecodable) FROM tasks WHERE status = 'done' AND result_key = ?",
-            (result_key,),
-        ).fetchone()
-        return dict(zip(("in", "out", "malformed", "undecodable"), map(int, row), strict=True))
+        totals = [0, 0, 0, 0]
+        for where in ("tasks WHERE status = 'done' AND", "batches WHERE"):
+            row = self._db.execute(
+                "SELECT total(records_in), total(records_out), total(malformed), "
+                f"total(undecodable) FROM {where} result_key = ?",
+                (result_key,),
+            ).fetchone()
+            totals = [a + int(b) for a, b in zip(totals, row, strict=True)]
+        return dict(zip(("in", "out", "malformed", "undecodable"), totals, strict=True))
 
     def part_names(self) -> set[str]:
         """Every part file some task still points at."""
-        return {r[0] for r in self._db.execute("SELECT DISTINCT part FROM tasks") if r[0]}
+        query = "SELECT DISTINCT part FROM tasks UNION SELECT DISTINCT part FROM batches"
+        return {r[0] for r in self._db.execute(query) if r[0]}
 
     def replace_tasks(
         self,
@@ -371,8 +452,13 @@ class Ledger:
         A task that is its file's only one gets no pending row: it is written once, when
         it is committed (a row it already has keeps its state until then). Pending rows
         are what keeps a split file's ranges across an interruption: a file with some
-        ranges in the ledger is never cut again."""
+        ranges in the ledger is never cut again. Batch rows lose their members among
+        ``drop_paths`` and take the new mtime of those in ``touched``."""
+        touched = list(touched)
+        drop_paths = list(drop_paths)
         with self._transaction() as db:
+            if drop_paths or touched:
+                self._edit_batches(set(drop_paths), dict(touched))
             db.executemany(
                 "UPDATE tasks SET mtime_ns = ? WHERE path = ?",
                 ((mtime_ns, os.fsencode(path)) for path, mtime_ns in touched),
@@ -389,9 +475,43 @@ class Ledger:
                 (
                     (*_identity(t, result_key), run_id, run_id)
                     for t in planned
-                    if not _whole_file(t)
+                    if not packing.whole_file(t)
                 ),
             )
+
+    def _edit_batches(self, drop: set[str], touched: Mapping[str, int]) -> None:
+        """Inside a transaction: take the ``drop`` paths out of the batch rows (a row left
+        empty goes) and give the ``touched`` ones their new mtime. A batch that loses a
+        member loses its merged partials: its members' own stand in for them."""
+        names = drop | touched.keys()
+        probes = [json.dumps(p) for p in names] if len(names) <= 64 else None
+        edits: list[tuple[Any, ...]] = []
+        gone: list[tuple[str]] = []
+        for batch_id, members_json, merged in self._db.execute(
+            "SELECT batch_id, members, partials FROM batches"
+        ).fetchall():
+            if probes is not None and not any(p in members_json for p in probes):
+                continue  # a cheap test on the text before parsing it
+            members = json.loads(members_json)
+            kept = [m for m in members if m[packing.M_PATH] not in drop]
+            moved = [m for m in kept if m[packing.M_PATH] in touched]
+            if len(kept) == len(members) and not moved:
+                continue
+            if not kept:
+                gone.append((batch_id,))
+                continue
+            for member in moved:
+                member[packing.M_MTIME] = touched[member[packing.M_PATH]]
+            if len(kept) < len(members):
+                merged = None
+            edits.append((*packing.batch_totals(kept), merged, packing.pack(kept), batch_id))
+        self._db.executemany("DELETE FROM batches WHERE batch_id = ?", gone)
+        self._db.executemany(
+            "UPDATE batches SET first_path = ?, files = ?, records_in = ?, records_out = ?, "
+            "malformed = ?, undecodable = ?, bytes_read = ?, part_size = ?, partials = ?, "
+            "members = ? WHERE batch_id = ?",
+            edits,
+        )
 
     def commit_task(
         self, task: TaskSpec, result: TaskResult, attempts: int, run_id: int, result_key: str
@@ -407,35 +527,122 @@ class Ledger:
         result_key: str,
     ) -> None:
         """Record finished tasks (done or failed) — one batch, one transaction. ``tasks``
-        describe them by id (at least every task in ``results``): a task without a pending
-        row is inserted whole, one that has one is updated."""
+        describe them by id (at least every task in ``results``).
+
+        The done whole files a worker packed (``TaskResult.packed``) become one batch row.
+        The rest (failures, ranges of split files, a batch of one) are rows of ``tasks``:
+        a task without a pending row is inserted whole, one that has one is updated."""
         now = time.time()
-        rows = []
-        for r in results:
-            rows.append(
-                (
-                    *_identity(tasks[r.task_id], result_key),
-                    "done" if r.ok else "failed",
-                    attempts,
-                    run_id,
-                    now,
-                    r.duration_s,
-                    r.records_in,
-                    r.records_out,
-                    r.malformed,
-                    r.undecodable,
-                    r.bytes_read,
-                    json.dumps(r.partials) if r.ok else None,
-                    r.part if r.ok else None,
-                    r.part_offset,
-                    r.part_size,
-                    r.error_kind,
-                    _text(r.error),
-                    r.content,
-                )
+        packed = next((r.packed for r in results if r.packed is not None), None)
+        skip = packed.task_ids if packed is not None else frozenset()
+        rows = [
+            (
+                *_identity(tasks[r.task_id], result_key),
+                "done" if r.ok else "failed",
+                attempts,
+                run_id,
+                now,
+                r.duration_s,
+                r.records_in,
+                r.records_out,
+                r.malformed,
+                r.undecodable,
+                r.bytes_read,
+                json.dumps(r.partials) if r.ok else None,
+                r.part if r.ok else None,
+                r.part_offset,
+                r.part_size,
+                r.error_kind,
+                _text(r.error),
+                r.content,
             )
+            for r in results
+            if r.task_id not in skip
+        ]
         with self._transaction() as db:
-            db.executemany(_UPSERT, rows)
+            if packed is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO batches (first_path, files, records_in, "
+                    "records_out, malformed, undecodable, bytes_read, part_size, partials, "
+                    "members, batch_id, result_key, run_id, finished, attempts, part) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        packed.first_path,
+                        *packed.totals,
+                        json.dumps(packed.merged),
+                        packed.members,
+                        _batch_id(packed),
+                        result_key,
+                        run_id,
+                        now,
+                        attempts,
+                        packed.part,
+                    ),
+                )
+            if rows:
+                db.executemany(_UPSERT, rows)
+
+
+def _batch_id(packed: PackedTasks) -> str:
+    """The row's key: a hash of its members' task ids (a batch retried in part packs a
+    different set, so a different row)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for task_id in sorted(packed.task_ids):
+        digest.update(task_id.encode())
+    return digest.hexdigest()
+
+
+_BATCH_COLUMNS = "result_key, attempts, part, members"
+
+
+def _member_rows(values: tuple[Any, ...]) -> list[TaskRow]:
+    """The members of a batch row (``_BATCH_COLUMNS``) as TaskRows, in path order (the
+    fields as ``packing.member`` lays them out)."""
+    result_key, attempts, part, members = values
+    return [
+        TaskRow(
+            task_id,
+            path,
+            0,
+            length,
+            size,
+            mtime_ns,
+            compression,
+            result_key,
+            "done",
+            attempts,
+            records_in,
+            records_out,
+            malformed,
+            undecodable,
+            None,
+            part,
+            part_size,
+            None,
+            None,
+            part_offset,
+            content,
+            partials,
+        )
+        for (
+            task_id,
+            path,
+            length,
+            size,
+            mtime_ns,
+            compression,
+            records_in,
+            records_out,
+            malformed,
+            undecodable,
+            _bytes_read,
+            partials,
+            part_offset,
+            part_size,
+            content,
+            _duration_s,
+        ) in json.loads(members)
+    ]
 
 
 def _identity(task: TaskSpec, result_key: str) -> tuple[Any, ...]:
@@ -450,11 +657,6 @@ def _identity(task: TaskSpec, result_key: str) -> tuple[Any, ...]:
         task.compression,
         result_key,
     )
-
-
-def _whole_file(task: TaskSpec) -> bool:
-    """Whether the task is its file's only one (the whole file, or one range that is)."""
-    return task.offset == 0 and (task.length is None or task.length == task.size)
 
 
 _RESULT_COLUMNS = (

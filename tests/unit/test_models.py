@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 
-from pipeline.models import Batch, TaskResult, TaskSpec
+from pipeline.models import Batch, PackedTasks, TaskResult, TaskSpec
 
 
 def test_task_spec_and_batch_round_trip_every_field() -> None:
@@ -39,6 +39,7 @@ def test_task_result_round_trips_every_field() -> None:
         error_kind="error",
         error="boom",
         traceback="Traceback ...",
+        packed=PackedTasks(frozenset({"t", "u"}), "[]", {"n": 6}, b"/a", (2, 1), "p.jsonl"),
     )
     defaults = TaskResult("t", ok=False)
     assert all(

@@ -292,6 +292,16 @@ def test_pending_task_is_interrupted(tmp_path: Path) -> None:
     rows = rows_for(file, 100, status="pending", part=None)
     p = plan([file], {file.path: rows}, parts_dir=tmp_path)
     assert [(t.task_id, t.reason) for t in p.run] == [(rows[0].task_id, "interrupted")]
+    # A whole file's only row is replaced whole by its new result (which may land in a
+    # batch row of the ledger): the old row goes when the plan is recorded.
+    assert p.drop_paths == [file.path]
+
+
+def test_pending_ranges_of_a_split_file_are_kept(tmp_path: Path) -> None:
+    file = InputFile("/d/a.log", 250, MTIME)
+    rows = rows_for(file, 100, status="pending", part=None)
+    p = plan([file], {file.path: rows}, parts_dir=tmp_path)
+    assert [t.reason for t in p.run] == ["interrupted"] * 3
     assert p.drop_paths == []
 
 
@@ -301,6 +311,7 @@ def test_done_task_whose_part_is_missing_is_interrupted(tmp_path: Path) -> None:
     p = plan([file], {file.path: rows}, parts_dir=tmp_path)
     assert [t.reason for t in p.run] == ["interrupted"]
     assert p.run[0].task_id == rows[0].task_id
+    assert p.drop_paths == [file.path]
 
 
 def test_a_task_records_are_found_at_their_offset_in_a_shared_part(tmp_path: Path) -> None:
@@ -370,7 +381,8 @@ def test_every_reason_is_a_known_reason(tmp_path: Path) -> None:
         "/d/g.log": "new",
     }
     assert set(p.reasons()) <= set(REASONS)
-    assert p.drop_paths == ["/d/c.log", "/d/d.log"]
+    # changed, config-changed, and the whole files that are re-run (replaced whole)
+    assert p.drop_paths == ["/d/c.log", "/d/d.log", "/d/e.log", "/d/f.log"]
 
 
 # --- chunk_size never invalidates results ----------------------------------------------

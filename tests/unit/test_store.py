@@ -187,8 +187,8 @@ def test_schema_is_created(tmp_path: Path, ledger: Ledger) -> None:
     db = sqlite3.connect(tmp_path / LEDGER_NAME)
     try:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"meta", "runs", "tasks"} <= tables
-        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+        assert {"meta", "runs", "tasks", "batches"} <= tables
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)
     finally:
         db.close()
     # reopening an existing ledger keeps it
@@ -243,7 +243,7 @@ def test_a_schema_1_ledger_is_rekeyed_and_keeps_its_rows(tmp_path: Path) -> None
     try:
         keys = {r[1]: r[5] for r in db.execute("PRAGMA table_info(tasks)")}
         assert (keys["path"], keys["offset"], keys["task_id"]) == (1, 2, 0)
-        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
         assert "tasks_v1" not in tables and "tasks_by_path" not in tables
     finally:

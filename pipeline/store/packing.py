@@ -1,0 +1,93 @@
+"""How a batch's done whole files are packed into one ledger row (``batches.members``).
+
+The worker packs them (it has every value at hand, and its CPU is not the main
+process's); the ledger stores and unpacks them. No SQLite here: workers import this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.models import PackedTasks, TaskResult, TaskSpec
+
+
+def pack_tasks(done: Sequence[tuple[TaskSpec, TaskResult]], merged: dict[str, Any]) -> PackedTasks:
+    """Done whole-file tasks (at least two, results of one batch) and the merge of their
+    partials, as one batch row will hold them. Called in the worker, which has every
+    value at hand and spends its own CPU, not the main process's, on the encoding."""
+    members = [member(task, r) for task, r in done]
+    first_path, *totals = batch_totals(members)
+    return PackedTasks(
+        frozenset(task.task_id for task, _ in done),
+        pack(members),
+        merged,
+        first_path,
+        tuple(totals),
+        next((r.part for _, r in done if r.part), None),
+    )
+
+
+# A batch member, as packed in ``batches.members``: a JSON list with these fields.
+(
+    M_TASK_ID,
+    M_PATH,
+    M_LENGTH,
+    M_SIZE,
+    M_MTIME,
+    M_COMPRESSION,
+    M_RECORDS_IN,
+    M_RECORDS_OUT,
+    M_MALFORMED,
+    M_UNDECODABLE,
+    M_BYTES_READ,
+    M_PARTIALS,
+    M_PART_OFFSET,
+    M_PART_SIZE,
+    M_CONTENT,
+    M_DURATION,
+) = range(16)
+
+
+def member(task: TaskSpec, r: TaskResult) -> list[Any]:
+    return [
+        task.task_id,
+        task.path,
+        task.length,
+        task.size,
+        task.mtime_ns,
+        task.compression,
+        r.records_in,
+        r.records_out,
+        r.malformed,
+        r.undecodable,
+        r.bytes_read,
+        r.partials,
+        r.part_offset,
+        r.part_size,
+        r.content,
+        r.duration_s,
+    ]
+
+
+def pack(members: list[list[Any]]) -> str:
+    """JSON with ASCII escapes: a path that is not valid UTF-8 keeps its lone surrogates
+    as ``\\udcXX``, which ``json.loads`` turns back into the same str."""
+    return json.dumps(members, separators=(",", ":"))
+
+
+def batch_totals(members: list[list[Any]]) -> tuple[Any, ...]:
+    """first_path, files, the four record counts, bytes_read and part_size of a batch."""
+    return (
+        min(os.fsencode(m[M_PATH]) for m in members),
+        len(members),
+        *(sum(m[i] for m in members) for i in range(M_RECORDS_IN, M_BYTES_READ + 1)),
+        sum(m[M_PART_SIZE] for m in members),
+    )
+
+
+def whole_file(task: TaskSpec) -> bool:
+    """Whether the task is its file's only one (the whole file, or one range that is)."""
+    return task.offset == 0 and (task.length is None or task.length == task.size)
