@@ -588,7 +588,7 @@ def _batch_id(packed: PackedTasks) -> str:
     different set, so a different row)."""
     digest = hashlib.blake2b(digest_size=16)
     for task_id in sorted(packed.task_ids):
-        digest.update(task_id.encode())
+        digest.update(task_id.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
