@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -506,6 +507,40 @@ def test_second_run_exits_75_while_the_lock_is_held(tmp_path: Path, job: Path) -
         os.close(fd)
     # released: runs again
     ok(run(job))
+
+
+def test_small_files_packed_in_batch_rows_are_replaced_one_by_one(tmp_path: Path) -> None:
+    """Small files are committed as batch rows of the ledger (one row per batch). An
+    edited file leaves its batch, a touched one stays, a new one joins later: the store
+    then equals a fresh --full run, with nothing counted twice."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(40):
+        (data / f"f{i:02d}.log").write_text(log_lines(i, 3 + i % 4))
+    job = make_config(tmp_path)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    ok(run(job))
+    with sqlite3.connect(out / "ledger.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM batches").fetchone()[0] > 1
+        assert db.execute("SELECT count(*) FROM tasks").fetchone()[0] < 40
+    (data / "f07.log").write_text(log_lines(99, 9))  # edited
+    st = (data / "f21.log").stat()
+    os.utime(data / "f21.log", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched
+    (data / "f40.log").write_text(log_lines(40, 5))  # new
+    reasons = dict((name, reason) for reason, name in plan_rows(job))
+    assert (reasons["f07.log"], reasons["f21.log"], reasons["f40.log"]) == (
+        "changed",
+        "unchanged",
+        "new",
+    )
+    ok(run(job))
+    assert load(out / "report.json")["tasks"]["done"] == 2
+    ok(run(job, "--full", "--set", f"output.dir={fresh}"))
+    assert (out / "records.jsonl").read_bytes() == (fresh / "records.jsonl").read_bytes()
+    assert load(out / "stats.json") == load(fresh / "stats.json")
+    names = sorted(p.name for p in data.iterdir())
+    assert load(out / "stats.json") == expected_stats(*data_text(tmp_path, *names))
+    assert load(out / "report.json")["records"] == load(fresh / "report.json")["records"]
 
 
 def test_touched_files_are_not_processed_again(tmp_path: Path, job: Path) -> None:
