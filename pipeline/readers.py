@@ -165,9 +165,20 @@ def read_small_file(task: TaskSpec, counters: ReadCounters) -> bytes:
     """All the bytes of a small file read whole (``digest.reads_small_file``), in one
     call: its planned size plus one byte, enough to see it grew. Sets ``opened``,
     ``content`` (the digest of these very bytes) and ``bytes_read``."""
-    with open(task.path, "rb", buffering=0) as handle:
-        counters.opened = os.fstat(handle.fileno())
-        data = handle.read(task.size + 1)
+    # os.open, not open(): no file object to build (a third of the cost for a tiny file).
+    # O_NONBLOCK: a path that became a FIFO since discovery must not block the open.
+    fd = os.open(task.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        counters.opened = os.fstat(fd)
+        want = task.size + 1
+        data = os.read(fd, want)
+        while 0 < len(data) < want:  # a short read (rare for a regular file): go on
+            more = os.read(fd, want - len(data))
+            if not more:
+                break
+            data += more
+    finally:
+        os.close(fd)
     counters.content = bytes_digest(data)
     counters.bytes_read += len(data)
     return data

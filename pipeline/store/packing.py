@@ -6,6 +6,7 @@ process's); the ledger stores and unpacks them. No SQLite here: workers import t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -18,6 +19,9 @@ def pack_tasks(done: Sequence[tuple[TaskSpec, TaskResult]], merged: dict[str, An
     """Done whole-file tasks (at least two, results of one batch) and the merge of their
     partials, as one batch row will hold them. Called in the worker, which has every
     value at hand and spends its own CPU, not the main process's, on the encoding."""
+    keys = [os.fsencode(task.path) for task, _ in done]
+    if any(a > b for a, b in itertools.pairwise(keys)):  # members are kept in path order
+        done = [pair for _, pair in sorted(zip(keys, done, strict=True), key=lambda kv: kv[0])]
     members = [member(task, r) for task, r in done]
     first_path, *totals = batch_totals(members)
     return PackedTasks(
