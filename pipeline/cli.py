@@ -118,31 +118,38 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def plan(args: argparse.Namespace) -> int:
-    """List the tasks a run would execute and the work it would skip, with reasons."""
+    """List the tasks a run would execute and the work it would skip, with reasons (in
+    path order, as planning goes: nothing is held per file)."""
     setup_logging()
     try:
-        from pipeline.runner import discover_inputs, iter_plan_lines, plan_run
+        from pipeline.planning import Plan, join_rows
+        from pipeline.runner import discover_inputs, plan_line, planner_for
         from pipeline.store.ledger import LEDGER_NAME, Ledger
 
         cfg = _load(args.config, args.set)
         files, _ = discover_inputs(cfg)
-        rows = []
+        ledger = None
         if (cfg.output.dir / LEDGER_NAME).exists():
             ledger = Ledger(cfg.output.dir, readonly=True)
-            try:
-                rows = list(ledger.tasks_for_planning())
-            finally:
+        try:
+            rows = ledger.tasks_for_planning() if ledger is not None else iter(())
+            planner = planner_for(cfg)
+            the_plan = Plan(keep=False)
+            for file, file_rows in join_rows(files, rows):
+                decision = planner.decide(file, file_rows)
+                the_plan.add(decision)
+                for task in sorted((*decision.run, *decision.skip), key=lambda t: t.offset):
+                    sys.stdout.write(plan_line(task) + "\n")
+        finally:
+            if ledger is not None:
                 ledger.close()
-        the_plan = plan_run(cfg, files, rows)
     except BaseException as exc:
         return _fail(exc, False)
-    for line in iter_plan_lines(the_plan):
-        sys.stdout.write(line + "\n")
     counts = ", ".join(f"{n} {r}" for r, n in sorted(the_plan.reasons().items()))
     log.info(
         "%d task(s) would run, %d skipped (%s)",
-        len(the_plan.run),
-        len(the_plan.skip),
+        the_plan.n_run,
+        the_plan.n_skip,
         counts or "no input",
     )
     return 0

@@ -8,16 +8,22 @@ tasks of new or changed files, and never invalidates results.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import pickle
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import IO, TypeVar
 
 from pipeline.chunking import is_splittable, split_ranges
 from pipeline.digest import file_digest
 from pipeline.models import Batch, InputFile, TaskSpec
 from pipeline.store.ledger import TaskRow
+
+_T = TypeVar("_T")
 
 REASONS = ("new", "changed", "config-changed", "failed-before", "interrupted", "full", "unchanged")
 
@@ -29,31 +35,52 @@ def task_id(
     return hashlib.blake2b(os.fsencode(path) + fields, digest_size=16).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class FileDecision:
+    """What planning decided for one file."""
+
+    file: InputFile
+    run: list[TaskSpec]
+    skip: list[TaskSpec]
+    drop: bool = False  # its earlier rows go when the plan is recorded (new ones replace them)
+    touched: bool = False  # same bytes, new mtime: its rows take ``file.mtime_ns``
+
+
 @dataclass
 class Plan:
+    """The counts of a plan; with ``keep``, also its tasks and ledger changes as lists
+    (``pipeline plan`` and tests; a run streams them instead and keeps only counts)."""
+
+    keep: bool = True
     run: list[TaskSpec] = field(default_factory=list)
     skip: list[TaskSpec] = field(default_factory=list)
     drop_paths: list[str] = field(default_factory=list)  # files whose old tasks are replaced
     touched: list[tuple[str, int]] = field(default_factory=list)  # (path, new mtime_ns)
 
-    n_run: int = 0  # the counts stay when the task lists are let go (forget_tasks)
+    n_run: int = 0
     n_skip: int = 0
     run_bytes: int = 0
+    reason_counts: dict[str, int] = field(default_factory=dict)
 
-    def settle(self) -> Plan:
-        self.n_run, self.n_skip = len(self.run), len(self.skip)
-        self.run_bytes = sum(t.size if t.length is None else t.length for t in self.run)
-        return self
-
-    def forget_tasks(self) -> None:
-        self.run = []
-        self.skip = []
+    def add(self, decision: FileDecision) -> None:
+        counts = self.reason_counts
+        for task in decision.run:
+            counts[task.reason] = counts.get(task.reason, 0) + 1
+            self.run_bytes += _task_bytes(task)
+        for task in decision.skip:
+            counts[task.reason] = counts.get(task.reason, 0) + 1
+        self.n_run += len(decision.run)
+        self.n_skip += len(decision.skip)
+        if self.keep:
+            self.run.extend(decision.run)
+            self.skip.extend(decision.skip)
+            if decision.drop:
+                self.drop_paths.append(decision.file.path)
+            if decision.touched:
+                self.touched.append((decision.file.path, decision.file.mtime_ns))
 
     def reasons(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for task in (*self.run, *self.skip):
-            counts[task.reason] = counts.get(task.reason, 0) + 1
-        return counts
+        return dict(self.reason_counts)
 
 
 def new_tasks(
@@ -96,6 +123,74 @@ def _reuse_reason(row: TaskRow, part_sizes: dict[str, int] | None, parts_dir: st
     return "unchanged"
 
 
+@dataclass
+class Planner:
+    """Decides, file by file, what runs and why. ``parts_dir`` is None when no records
+    are written (then a done task needs no part file)."""
+
+    fmt: str
+    chunk_size: int
+    result_key: str
+    parts_dir: str | None
+    full: bool = False
+    _part_sizes: dict[str, int] = field(default_factory=dict)
+
+    def decide(self, file: InputFile, rows: Sequence[TaskRow]) -> FileDecision:
+        full, result_key = self.full, self.result_key
+        same_input = bool(rows) and all(
+            r.size == file.size and r.mtime_ns == file.mtime_ns for r in rows
+        )
+        same_config = bool(rows) and all(r.result_key == result_key for r in rows)
+        touched = False
+        if rows and not same_input and same_config and not full and _only_touched(file, rows):
+            touched = same_input = True
+        if rows and same_input and same_config and not full:
+            run: list[TaskSpec] = []
+            skip: list[TaskSpec] = []
+            part_sizes = self._part_sizes if self.parts_dir is not None else None
+            for row in rows:
+                reason = _reuse_reason(row, part_sizes, self.parts_dir or "")
+                spec = row.spec(reason)
+                if touched:  # the file as it is now (the row takes its new mtime too)
+                    spec = dataclasses.replace(spec, mtime_ns=file.mtime_ns)
+                (skip if reason == "unchanged" else run).append(spec)
+            # a whole file re-run is replaced whole by its new result (maybe in a batch row)
+            drop = bool(run) and _single_whole(rows)
+            return FileDecision(file, run, skip, drop=drop, touched=touched)
+        if full:
+            reason = "full"
+        elif not rows:
+            reason = "new"
+        elif not same_input:
+            reason = "changed"
+        else:
+            reason = "config-changed"
+        tasks = new_tasks(file, self.fmt, self.chunk_size, result_key, reason)
+        return FileDecision(file, tasks, [], drop=bool(rows))
+
+
+def join_rows(
+    files: Iterable[InputFile], rows: Iterable[TaskRow]
+) -> Iterator[tuple[InputFile, list[TaskRow]]]:
+    """Each file with its ledger rows. Both come in path-byte order (discovery sorts, the
+    ledger reads in order), so one pass pairs them and nothing is held per file; rows of
+    files that are no longer inputs are passed over (their results stay in the store)."""
+    pending = iter(rows)
+    row = next(pending, None)
+    row_key = os.fsencode(row.path) if row is not None else b""
+    for file in files:
+        key = os.fsencode(file.path)
+        while row is not None and row_key < key:
+            row = next(pending, None)
+            row_key = os.fsencode(row.path) if row is not None else b""
+        mine = []
+        while row is not None and row_key == key:
+            mine.append(row)
+            row = next(pending, None)
+            row_key = os.fsencode(row.path) if row is not None else b""
+        yield file, mine
+
+
 def make_plan(
     files: Iterable[InputFile],
     rows_by_path: Mapping[str, Sequence[TaskRow]],
@@ -106,38 +201,12 @@ def make_plan(
     parts_dir: str | None,
     full: bool = False,
 ) -> Plan:
-    """Decide, file by file, what runs and why. ``parts_dir`` is None when no records are
-    written (then a done task needs no part file)."""
+    """The whole plan as lists (see ``Planner``)."""
+    planner = Planner(fmt, chunk_size, result_key, parts_dir, full)
     plan = Plan()
-    part_sizes: dict[str, int] | None = {} if parts_dir is not None else None
     for file in files:
-        rows = rows_by_path.get(file.path, ())
-        same_input = bool(rows) and all(
-            r.size == file.size and r.mtime_ns == file.mtime_ns for r in rows
-        )
-        same_config = bool(rows) and all(r.result_key == result_key for r in rows)
-        if rows and not same_input and same_config and not full and _only_touched(file, rows):
-            plan.touched.append((file.path, file.mtime_ns))
-            same_input = True
-        if rows and same_input and same_config and not full:
-            for row in rows:
-                reason = _reuse_reason(row, part_sizes, parts_dir or "")
-                (plan.skip if reason == "unchanged" else plan.run).append(row.spec(reason))
-            if reason != "unchanged" and _single_whole(rows):
-                plan.drop_paths.append(file.path)  # its new result replaces the row whole
-            continue
-        if full:
-            reason = "full"
-        elif not rows:
-            reason = "new"
-        elif not same_input:
-            reason = "changed"
-        else:
-            reason = "config-changed"
-        if rows:
-            plan.drop_paths.append(file.path)
-        plan.run.extend(new_tasks(file, fmt, chunk_size, result_key, reason))
-    return plan.settle()
+        plan.add(planner.decide(file, rows_by_path.get(file.path, ())))
+    return plan
 
 
 def _single_whole(rows: Sequence[TaskRow]) -> bool:
@@ -185,28 +254,117 @@ def _task_work(task: TaskSpec) -> int:
 
 
 def make_batches(tasks: Sequence[TaskSpec], workers: int, chunk_size: int) -> list[Batch]:
-    """Group small tasks into batches; big ones travel alone, largest first.
-
-    A task of at least ``min(chunk_size / 8, ALONE_WORK)`` work is a batch of its own.
-    Smaller ones go, in path order, into batches of at most ``chunk_size`` work and of a
-    count that still gives every worker about eight batches (at most 256 tasks each):
-    enough to balance the load, few enough that per-batch costs vanish."""
-    threshold = max(1, min(chunk_size // 8, ALONE_WORK))
-    big = sorted((t for t in tasks if _task_work(t) >= threshold), key=_task_work, reverse=True)
+    """``Batcher`` over a list of tasks (put in path order first if they are not)."""
+    threshold = _alone_threshold(chunk_size)
     small = [t for t in tasks if _task_work(t) < threshold]
     if not all(_path_order(a) <= _path_order(b) for a, b in pairwise(small)):
         small.sort(key=_path_order)  # a plan is in path order already: no keys to hold
-    per_batch = max(1, min(256, len(small) // (max(1, workers) * 8)))
-    batches = [Batch.of((t,)) for t in big]
-    group: list[TaskSpec] = []
-    group_work = 0
-    for task in small:
+    batcher = Batcher(workers, chunk_size)
+    for task in (*(t for t in tasks if _task_work(t) >= threshold), *small):
+        batcher.add(task)
+    return list(batcher.batches())
+
+
+def _alone_threshold(chunk_size: int) -> int:
+    return max(1, min(chunk_size // 8, ALONE_WORK))
+
+
+class Batcher:
+    """Groups small tasks into batches as they are planned; big ones travel alone,
+    largest first.
+
+    A task of at least ``min(chunk_size / 8, ALONE_WORK)`` work is a batch of its own.
+    Smaller ones go, in the order they come (path order), into batches of at most
+    ``chunk_size`` work and of a count that still gives every worker about eight batches
+    (at most 256 tasks each): enough to balance the load, few enough that per-batch costs
+    vanish. The count needs the number of small tasks, so the first ones wait until that
+    is known or large enough not to matter; after that, finished batches go to a spool
+    file (with ``spool_dir``), so a plan of a million files is never a million objects in
+    memory. Big tasks are held, to be sorted."""
+
+    SPOOL_EVERY = 64  # finished batches kept in memory before they go to the spool
+
+    def __init__(self, workers: int, chunk_size: int, spool_dir: str | None = None) -> None:
+        self.chunk_size = chunk_size
+        self.workers = max(1, workers)
+        self.threshold = _alone_threshold(chunk_size)
+        self.big: list[TaskSpec] = []
+        self._waiting: list[TaskSpec] | None = []  # small tasks before the count is known
+        self._enough = MAX_PER_BATCH * self.workers * 8
+        self._per_batch = MAX_PER_BATCH
+        self._group: list[TaskSpec] = []
+        self._group_work = 0
+        self._ready: list[Batch] = []
+        self._spool_dir = spool_dir
+        self._spool: IO[bytes] | None = None
+
+    def add(self, task: TaskSpec) -> None:
         work = _task_work(task)
-        if group and (len(group) >= per_batch or group_work + work > chunk_size):
-            batches.append(Batch.of(tuple(group)))
-            group, group_work = [], 0
+        if work >= self.threshold:
+            self.big.append(task)
+        elif self._waiting is None:
+            self._grouped(task, work)
+        else:
+            self._waiting.append(task)
+            if len(self._waiting) >= self._enough:  # the count is large: 256 a batch
+                self._release(MAX_PER_BATCH)
+
+    def _release(self, per_batch: int) -> None:
+        waiting, self._waiting = self._waiting or [], None
+        self._per_batch = per_batch
+        for task in waiting:
+            self._grouped(task, _task_work(task))
+
+    def _grouped(self, task: TaskSpec, work: int) -> None:
+        group = self._group
+        if group and (len(group) >= self._per_batch or self._group_work + work > self.chunk_size):
+            self._emit()
+            group = self._group
         group.append(task)
-        group_work += work
-    if group:
-        batches.append(Batch.of(tuple(group)))
-    return batches
+        self._group_work += work
+
+    def _emit(self) -> None:
+        self._ready.append(Batch.of(tuple(self._group)))
+        self._group, self._group_work = [], 0
+        if self._spool_dir is not None and len(self._ready) >= self.SPOOL_EVERY:
+            if self._spool is None:
+                self._spool = tempfile.TemporaryFile(dir=self._spool_dir, prefix=".spool-")  # noqa: SIM115 - read back by batches()
+            pickle.dump(self._ready, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
+            self._ready = []
+
+    def batches(self) -> Iterator[Batch]:
+        """Every batch, once all tasks are added: the big tasks largest first, then the
+        small ones in the order they came."""
+        if self._waiting is not None:
+            self._release(max(1, min(MAX_PER_BATCH, len(self._waiting) // (self.workers * 8))))
+        if self._group:
+            self._emit()
+        big, self.big = sorted(self.big, key=_task_work, reverse=True), []
+        yield from (Batch.of((t,)) for t in _popping(big))
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            with spool:
+                spool.seek(0)
+                while True:
+                    try:
+                        chunk: list[Batch] = pickle.load(spool)  # our own temp file
+                    except EOFError:
+                        break
+                    yield from _popping(chunk)
+        ready, self._ready = self._ready, []
+        yield from _popping(ready)
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+
+MAX_PER_BATCH = 256
+
+
+def _popping(items: list[_T]) -> Iterator[_T]:
+    """The items in order, each let go of as it is handed out."""
+    items.reverse()
+    while items:
+        yield items.pop()

@@ -25,7 +25,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.managers import SyncManager
 from pathlib import Path
@@ -39,12 +39,13 @@ from pipeline.executors import ExecutorOptions, Outcome, make_executor
 from pipeline.executors.process import get_context, helpers_shielded
 from pipeline.live import LiveStats
 from pipeline.models import InputFile, JobSpec, SkippedInput, TaskResult, TaskSpec
-from pipeline.planning import Plan, make_batches, make_plan
+from pipeline.planning import Batcher, Plan, Planner, join_rows
 from pipeline.reporting import Progress, choose_mode, summary_lines
 from pipeline.store import merge, parts
 from pipeline.store.atomic import make_dirs, remove_temp_files
-from pipeline.store.ledger import Ledger, TaskRow
+from pipeline.store.ledger import Ledger
 from pipeline.store.lock import RunLock
+from pipeline.store.packing import whole_file
 from pipeline.units import format_size
 
 _T = TypeVar("_T")
@@ -137,25 +138,14 @@ def discover_inputs(cfg: PipelineConfig) -> tuple[list[InputFile], list[SkippedI
     return files, skipped
 
 
-def rows_by_path(rows: Iterable[TaskRow]) -> dict[str, list[TaskRow]]:
-    grouped: dict[str, list[TaskRow]] = {}
-    for row in rows:
-        grouped.setdefault(row.path, []).append(row)
-    return grouped
-
-
-def plan_run(
-    cfg: PipelineConfig, files: Iterable[InputFile], rows: Iterable[TaskRow], full: bool = False
-) -> Plan:
+def planner_for(cfg: PipelineConfig, full: bool = False) -> Planner:
     write_records = cfg.output.records != "none"
-    return make_plan(
-        files,
-        rows_by_path(rows),
+    return Planner(
         fmt=cfg.input.format,
         chunk_size=cfg.input.chunk_size,
         result_key=cfg.result_key(),
-        full=full,
         parts_dir=str(cfg.output.dir / parts.PARTS_DIR) if write_records else None,
+        full=full,
     )
 
 
@@ -202,11 +192,16 @@ class Run:
         parts.prepare(str(self.parts_dir))
         remove_temp_files(self.out_dir)  # outputs a kill -9 interrupted mid-write
         result_key = self.result_key
+        # Planned tasks go straight into batches (spooled to a temporary file beside the
+        # outputs): no list of every task is ever held.
+        batcher = Batcher(self.cfg.workers_resolved(), self.cfg.input.chunk_size, str(self.out_dir))
         ledger = Ledger(self.out_dir)
         try:
-            plan = plan_run(self.cfg, _drain(files), ledger.tasks_for_planning(), self.options.full)
             run_id = ledger.start_run(self.cfg.name, result_key)
-            ledger.replace_tasks(plan.drop_paths, plan.run, result_key, run_id, plan.touched)
+            plan = self._plan(ledger, files, run_id, batcher)
+        except BaseException:
+            batcher.close()
+            raise
         finally:
             ledger.close()
         log.info(
@@ -230,8 +225,6 @@ class Run:
                 grace=self.cfg.execution.grace,
             ),
         )
-        batches = make_batches(plan.run, self.cfg.workers_resolved(), self.cfg.input.chunk_size)
-        plan.forget_tasks()  # the batches hold them now; _drain lets go as they run
         budget = self.cfg.max_failures_for(plan.n_run)
         manager = self._start_manager() if kind == "process" else None
         progress = Progress(
@@ -256,7 +249,7 @@ class Run:
 
             try:
                 executor.run(
-                    _drain(batches),
+                    batcher.batches(),
                     on_outcome,
                     should_stop,
                     lambda: len(self.signals.received) > 1,
@@ -268,12 +261,41 @@ class Run:
             progress.close()
             return self._finish(ledger, live, plan, run_id, started, budget)
         finally:
+            batcher.close()
             progress.close()
             ledger.close()
             if manager is not None:
                 manager.shutdown()
             with contextlib.suppress(OSError):  # the workers' announcement files
                 parts.clear_tmp(str(self.parts_dir))
+
+    def _plan(self, ledger: Ledger, files: list[InputFile], run_id: int, batcher: Batcher) -> Plan:
+        """Plan file by file, in path order: each file meets its ledger rows (read through
+        a second connection, as they were before this plan), its decision is recorded in
+        the ledger (one transaction for the whole plan) and its tasks go to ``batcher``.
+        Only counts are kept."""
+        planner = planner_for(self.cfg, self.options.full)
+        plan = Plan(keep=False)
+        reader = ledger.reader()
+        try:
+            with ledger.recording_plan(self.result_key, run_id) as recorder:
+                for file, rows in join_rows(_drain(files), reader.tasks_for_planning()):
+                    decision = planner.decide(file, rows)
+                    plan.add(decision)
+                    run = decision.run
+                    if rows or len(run) != 1 or not whole_file(run[0]):
+                        recorder.file(
+                            file.path,
+                            rows,
+                            drop=decision.drop,
+                            touched_mtime=file.mtime_ns if decision.touched else None,
+                            run=run,
+                        )
+                    for task in run:
+                        batcher.add(task)
+        finally:
+            reader.close()
+        return plan
 
     def _executor_kind(self, plan: Plan) -> str:
         """``process``, unless the work is so small that starting a pool (50-100 ms) would
@@ -457,6 +479,5 @@ def run(cfg: PipelineConfig, options: RunOptions) -> RunResult:
     return Run(cfg, options).execute()
 
 
-def iter_plan_lines(plan: Plan) -> Iterator[str]:
-    for task in sorted((*plan.run, *plan.skip), key=lambda t: (os.fsencode(t.path), t.offset)):
-        yield f"{task.reason:<15} {task.path}  {task.describe_range()}"
+def plan_line(task: TaskSpec) -> str:
+    return f"{task.reason:<15} {task.path}  {task.describe_range()}"

@@ -120,6 +120,7 @@ class TaskRow:
     part_offset: int = 0  # where this task's records start in its batch's part file
     content: str | None = None  # digest of a small whole file (see worker.content_digest)
     parsed_partials: dict[str, Any] | None = None  # a batch member's, parsed with its batch
+    batch_id: str | None = None  # the batch row holding it (None: a row of ``tasks``)
 
     @property
     def partials(self) -> dict[str, Any] | None:
@@ -350,13 +351,10 @@ class Ledger:
         return self._ordered(f"SELECT {_ROW_COLUMNS} FROM tasks ORDER BY path, offset", (), "", ())
 
     def tasks_for_planning(self) -> Iterator[TaskRow]:
-        """Every task, without the stats partials of ``tasks`` rows (planning never needs
-        them); in no particular order."""
+        """Every task in path order (as ``tasks``), without the stats partials of
+        ``tasks`` rows: planning never needs them."""
         columns = _ROW_COLUMNS.replace("partials,", "NULL,")
-        for values in self._db.execute(f"SELECT {columns} FROM tasks"):
-            yield _row(values)
-        for values in self._db.execute(f"SELECT {_BATCH_COLUMNS} FROM batches"):
-            yield from _member_rows(values)
+        return self._ordered(f"SELECT {columns} FROM tasks ORDER BY path, offset", (), "", ())
 
     def committed(self, result_key: str) -> Iterator[TaskRow]:
         """The done tasks of the current result-affecting config, in output order —
@@ -445,73 +443,48 @@ class Ledger:
         run_id: int,
         touched: Iterable[tuple[str, int]] = (),
     ) -> None:
-        """In one transaction: forget the tasks of changed files, record the new plan as
-        pending (tasks already known keep their attempts), and note the new mtime of
-        files that were only touched (same content).
-
-        A task that is its file's only one gets no pending row: it is written once, when
-        it is committed (a row it already has keeps its state until then). Pending rows
-        are what keeps a split file's ranges across an interruption: a file with some
-        ranges in the ledger is never cut again. Batch rows lose their members among
-        ``drop_paths`` and take the new mtime of those in ``touched``."""
+        """A whole plan's changes in one transaction (see ``PlanRecorder``), for callers
+        that hold the plan as lists: the batch rows holding the paths are found by a scan."""
         touched = list(touched)
         drop_paths = list(drop_paths)
-        with self._transaction() as db:
-            if drop_paths or touched:
-                self._edit_batches(set(drop_paths), dict(touched))
-            db.executemany(
-                "UPDATE tasks SET mtime_ns = ? WHERE path = ?",
-                ((mtime_ns, os.fsencode(path)) for path, mtime_ns in touched),
-            )
-            db.executemany(
-                "DELETE FROM tasks WHERE path = ?", ((os.fsencode(p),) for p in drop_paths)
-            )
-            db.executemany(
-                "INSERT INTO tasks (task_id, path, offset, length, size, mtime_ns, compression,"
-                " result_key, status, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)"
-                " ON CONFLICT(path, offset) DO UPDATE SET status = 'pending', run_id = ?,"
-                " task_id = excluded.task_id, length = excluded.length, size = excluded.size,"
-                " mtime_ns = excluded.mtime_ns, result_key = excluded.result_key",
-                (
-                    (*_identity(t, result_key), run_id, run_id)
-                    for t in planned
-                    if not packing.whole_file(t)
-                ),
-            )
+        with self.recording_plan(result_key, run_id) as rec:
+            holder = self._batches_holding({p for p, _ in touched} | set(drop_paths))
+            for path, mtime_ns in touched:
+                rec.touch(path, mtime_ns, holder.get(path))
+            for path in drop_paths:
+                rec.drop(path, holder.get(path))
+            rec.pending(planned)
 
-    def _edit_batches(self, drop: set[str], touched: Mapping[str, int]) -> None:
-        """Inside a transaction: take the ``drop`` paths out of the batch rows (a row left
-        empty goes) and give the ``touched`` ones their new mtime. A batch that loses a
-        member loses its merged partials: its members' own stand in for them."""
-        names = drop | touched.keys()
-        probes = [json.dumps(p) for p in names] if len(names) <= 64 else None
-        edits: list[tuple[Any, ...]] = []
-        gone: list[tuple[str]] = []
-        for batch_id, members_json, merged in self._db.execute(
-            "SELECT batch_id, members, partials FROM batches"
-        ).fetchall():
+    @contextlib.contextmanager
+    def recording_plan(self, result_key: str, run_id: int) -> Iterator[PlanRecorder]:
+        """Record a plan, file by file, in one transaction: all of it or nothing."""
+        with self._transaction() as db:
+            recorder = PlanRecorder(db, result_key, run_id)
+            yield recorder
+            recorder.flush()
+
+    def _batches_holding(self, paths: set[str]) -> dict[str, str]:
+        """``{path: batch_id}`` for the paths that are members of a batch row."""
+        if not paths:
+            return {}
+        probes = [json.dumps(p) for p in paths] if len(paths) <= 64 else None
+        holder: dict[str, str] = {}
+        for batch_id, members_json in self._db.execute("SELECT batch_id, members FROM batches"):
             if probes is not None and not any(p in members_json for p in probes):
                 continue  # a cheap test on the text before parsing it
-            members = json.loads(members_json)
-            kept = [m for m in members if m[packing.M_PATH] not in drop]
-            moved = [m for m in kept if m[packing.M_PATH] in touched]
-            if len(kept) == len(members) and not moved:
-                continue
-            if not kept:
-                gone.append((batch_id,))
-                continue
-            for member in moved:
-                member[packing.M_MTIME] = touched[member[packing.M_PATH]]
-            if len(kept) < len(members):
-                merged = None
-            edits.append((*packing.batch_totals(kept), merged, packing.pack(kept), batch_id))
-        self._db.executemany("DELETE FROM batches WHERE batch_id = ?", gone)
-        self._db.executemany(
-            "UPDATE batches SET first_path = ?, files = ?, records_in = ?, records_out = ?, "
-            "malformed = ?, undecodable = ?, bytes_read = ?, part_size = ?, partials = ?, "
-            "members = ? WHERE batch_id = ?",
-            edits,
-        )
+            for member in json.loads(members_json):
+                if member[packing.M_PATH] in paths:
+                    holder[member[packing.M_PATH]] = batch_id
+        return holder
+
+    def reader(self) -> Ledger:
+        """A second connection to this ledger for reading while this one writes: in WAL
+        mode it sees the ledger as it was at its first read, until closed."""
+        other = Ledger.__new__(Ledger)
+        other.path = self.path
+        other._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+        other._db.execute("BEGIN")
+        return other
 
     def commit_task(
         self, task: TaskSpec, result: TaskResult, attempts: int, run_id: int, result_key: str
@@ -592,13 +565,13 @@ def _batch_id(packed: PackedTasks) -> str:
     return digest.hexdigest()
 
 
-_BATCH_COLUMNS = "result_key, attempts, part, members"
+_BATCH_COLUMNS = "result_key, attempts, part, members, batch_id"
 
 
 def _member_rows(values: tuple[Any, ...]) -> list[TaskRow]:
     """The members of a batch row (``_BATCH_COLUMNS``) as TaskRows, in path order (the
     fields as ``packing.member`` lays them out)."""
-    result_key, attempts, part, members = values
+    result_key, attempts, part, members, batch_id = values
     return [
         TaskRow(
             task_id,
@@ -623,6 +596,7 @@ def _member_rows(values: tuple[Any, ...]) -> list[TaskRow]:
             part_offset,
             content,
             partials,
+            batch_id,
         )
         for (
             task_id,
@@ -643,6 +617,115 @@ def _member_rows(values: tuple[Any, ...]) -> list[TaskRow]:
             _duration_s,
         ) in json.loads(members)
     ]
+
+
+class PlanRecorder:
+    """A plan's changes to the ledger, file by file, inside ``Ledger.recording_plan``:
+
+    - a changed file's earlier results go (``drop``): its rows, or its place in a batch row;
+    - a touched file (same bytes, new mtime) keeps them under the new mtime (``touch``);
+    - the ranges of split files are recorded as pending (``pending``). A task that is its
+      file's only one gets no pending row: it is written once, when it is committed.
+      Pending rows are what keeps a split file's ranges across an interruption: a file
+      with some ranges in the ledger is never cut again.
+
+    Edits of batch rows wait, grouped by batch (a batch's members are neighbours in path
+    order), and are applied a few dozen batches at a time."""
+
+    FLUSH_AT = 64  # batches with edits waiting
+
+    def __init__(self, db: sqlite3.Connection, result_key: str, run_id: int) -> None:
+        self._db = db
+        self._result_key = result_key
+        self._run_id = run_id
+        self._edits: dict[str, tuple[set[str], dict[str, int]]] = {}
+
+    def file(
+        self,
+        path: str,
+        rows: Sequence[TaskRow],
+        *,
+        drop: bool,
+        touched_mtime: int | None,
+        run: Iterable[TaskSpec],
+    ) -> None:
+        """One planned file, given the ledger rows planning saw for it."""
+        in_tasks = any(r.batch_id is None for r in rows)
+        batch_id = next((r.batch_id for r in rows if r.batch_id is not None), None)
+        if touched_mtime is not None:
+            self.touch(path, touched_mtime, batch_id, in_tasks=in_tasks)
+        if drop:
+            self.drop(path, batch_id, in_tasks=in_tasks)
+        self.pending(run)
+
+    def touch(
+        self, path: str, mtime_ns: int, batch_id: str | None, *, in_tasks: bool = True
+    ) -> None:
+        if in_tasks:
+            self._db.execute(
+                "UPDATE tasks SET mtime_ns = ? WHERE path = ?", (mtime_ns, os.fsencode(path))
+            )
+        if batch_id is not None:
+            self._edit(batch_id)[1][path] = mtime_ns
+
+    def drop(self, path: str, batch_id: str | None, *, in_tasks: bool = True) -> None:
+        if in_tasks:
+            self._db.execute("DELETE FROM tasks WHERE path = ?", (os.fsencode(path),))
+        if batch_id is not None:
+            self._edit(batch_id)[0].add(path)
+
+    def pending(self, tasks: Iterable[TaskSpec]) -> None:
+        rows = [
+            (*_identity(t, self._result_key), self._run_id, self._run_id)
+            for t in tasks
+            if not packing.whole_file(t)
+        ]
+        if rows:
+            self._db.executemany(_PENDING, rows)
+
+    def _edit(self, batch_id: str) -> tuple[set[str], dict[str, int]]:
+        edit = self._edits.get(batch_id)
+        if edit is None:
+            if len(self._edits) >= self.FLUSH_AT:
+                self.flush()
+            edit = self._edits[batch_id] = (set(), {})
+        return edit
+
+    def flush(self) -> None:
+        """Apply the waiting batch edits: members dropped (a row left empty goes) or given
+        a new mtime. A batch that loses a member loses its merged partials: its members'
+        own stand in for them."""
+        for batch_id, (drop, touched) in self._edits.items():
+            found = self._db.execute(
+                "SELECT members, partials FROM batches WHERE batch_id = ?", (batch_id,)
+            ).fetchone()
+            if found is None:
+                continue
+            members = json.loads(found[0])
+            kept = [m for m in members if m[packing.M_PATH] not in drop]
+            if not kept:
+                self._db.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
+                continue
+            for member in kept:
+                if member[packing.M_PATH] in touched:
+                    member[packing.M_MTIME] = touched[member[packing.M_PATH]]
+            merged = found[1] if len(kept) == len(members) else None
+            self._db.execute(
+                "UPDATE batches SET first_path = ?, files = ?, records_in = ?, records_out = ?,"
+                " malformed = ?, undecodable = ?, bytes_read = ?, part_size = ?, partials = ?,"
+                " members = ? WHERE batch_id = ?",
+                (*packing.batch_totals(kept), merged, packing.pack(kept), batch_id),
+            )
+        self._edits.clear()
+
+
+_PENDING = (
+    "INSERT INTO tasks (task_id, path, offset, length, size, mtime_ns, compression,"
+    " result_key, status, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)"
+    " ON CONFLICT(path, offset) DO UPDATE SET status = 'pending', run_id = ?,"
+    " task_id = excluded.task_id, length = excluded.length, size = excluded.size,"
+    " mtime_ns = excluded.mtime_ns, result_key = excluded.result_key"
+)
 
 
 def _identity(task: TaskSpec, result_key: str) -> tuple[Any, ...]:

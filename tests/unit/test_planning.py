@@ -10,8 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.digest import file_digest
 from pipeline.models import Batch, InputFile, TaskSpec
-from pipeline.planning import REASONS, Plan, make_batches, make_plan, new_tasks, task_id
+from pipeline.planning import (
+    REASONS,
+    Batcher,
+    Plan,
+    join_rows,
+    make_batches,
+    make_plan,
+    new_tasks,
+    task_id,
+)
 from pipeline.store.ledger import TaskRow
 
 KEY = "result-key-1"
@@ -458,6 +468,80 @@ def test_small_tasks_are_batched_in_path_order_within_limits() -> None:
     assert paths == sorted(paths)
     assert len({b.batch_id for b in batches}) == len(batches)
     assert make_batches(p.run, workers=2, chunk_size=1000) == batches  # deterministic
+
+
+def reference_batches(tasks: list[TaskSpec], workers: int, chunk_size: int) -> list[Batch]:
+    """The batching rule written plainly, over the whole list at once."""
+    threshold = max(1, min(chunk_size // 8, 256 << 10))
+    work = [t.size if t.length is None else t.length for t in tasks]
+    big = sorted(
+        (t for t, w in zip(tasks, work, strict=True) if w >= threshold),
+        key=lambda t: t.size if t.length is None else t.length,
+        reverse=True,
+    )
+    small = [t for t, w in zip(tasks, work, strict=True) if w < threshold]
+    per_batch = max(1, min(256, len(small) // (workers * 8)))
+    out = [Batch.of((t,)) for t in big]
+    group: list[TaskSpec] = []
+    for task in small:
+        if group and (
+            len(group) >= per_batch or sum(t.size for t in group) + task.size > chunk_size
+        ):
+            out.append(Batch.of(tuple(group)))
+            group = []
+        group.append(task)
+    if group:
+        out.append(Batch.of(tuple(group)))
+    return out
+
+
+@pytest.mark.parametrize("n_files", [0, 1, 15, 16, 4095, 4096, 4097, 9000])
+def test_streamed_batches_spooled_to_disk_equal_the_rule(tmp_path: Path, n_files: int) -> None:
+    # 2 workers: the per-batch count is known once 256 x 2 x 8 = 4096 small tasks wait
+    files = [InputFile(f"/d/f{i:05d}.log", 3 + i % 50, MTIME) for i in range(n_files)]
+    files.append(InputFile("/d/zbig.log", 900, MTIME))
+    p = make_plan(files, {}, fmt="lines", chunk_size=800, result_key=KEY, parts_dir=None)
+    batcher = Batcher(2, 800, spool_dir=str(tmp_path))
+    for task in p.run:
+        batcher.add(task)
+    if n_files >= 9000:
+        assert batcher._spool is not None  # finished batches went to disk
+    got = list(batcher.batches())
+    assert got == reference_batches(p.run, 2, 800)
+    assert os.listdir(tmp_path) == []  # the spool is an unlinked temporary file
+
+
+def test_join_rows_pairs_files_with_their_rows_in_byte_order() -> None:
+    names = ["/d/a", "/d/b\udce9", "/d/b~", "/d/c", "/d/e"]  # \udce9: byte 0xe9 > "~"
+    files = [InputFile(n, 10, MTIME) for n in ["/d/a", "/d/b~", "/d/b\udce9", "/d/d"]]
+    rows = [
+        row_for(t)
+        for name in names
+        for t in new_tasks(InputFile(name, 10, MTIME), "lines", 4, KEY, "new")
+    ]
+    rows.sort(key=lambda r: (os.fsencode(r.path), r.offset))
+    pairs = [(f.path, [(r.path, r.offset) for r in rs]) for f, rs in join_rows(files, rows)]
+    offsets = [0, 4, 7]  # 10 bytes in 4-byte ranges (the short tail joins the last range)
+    assert [r.offset for r in rows if r.path == "/d/a"] == offsets
+    assert pairs == [
+        ("/d/a", [("/d/a", o) for o in offsets]),
+        ("/d/b~", [("/d/b~", o) for o in offsets]),
+        ("/d/b\udce9", [("/d/b\udce9", o) for o in offsets]),
+        ("/d/d", []),  # /d/c and /d/e are not inputs any more: passed over
+    ]
+
+
+def test_a_touched_file_rerun_uses_its_new_mtime(tmp_path: Path) -> None:
+    path = tmp_path / "a.log"
+    path.write_bytes(b"x\n")
+    st = path.stat()
+    old = InputFile(str(path), st.st_size, st.st_mtime_ns - 10**9)
+    (row,) = rows_for(old, 100, part_size=5)  # its records are gone: re-run
+    row = dataclasses.replace(row, content=file_digest(str(path)))
+    now = InputFile(str(path), st.st_size, st.st_mtime_ns)
+    p = plan([now], {now.path: [row]}, parts_dir=tmp_path / "parts")
+    assert p.touched == [(now.path, now.mtime_ns)]
+    assert [(t.reason, t.mtime_ns) for t in p.run] == [("interrupted", now.mtime_ns)]
 
 
 def test_batch_of_one_is_named_like_its_task() -> None:
