@@ -60,7 +60,11 @@ class TaskSpec:
     def __reduce__(self) -> tuple[type[TaskSpec], tuple[Any, ...]]:
         # Every task crosses to a worker: a constructor call unpickles in half the time of
         # the default (which sets each slot of a frozen instance one by one).
-        return TaskSpec, (
+        return TaskSpec, self.fields()
+
+    def fields(self) -> tuple[Any, ...]:
+        """The constructor's arguments: ``TaskSpec(*task.fields()) == task``."""
+        return (
             self.task_id,
             self.path,
             self.offset,
