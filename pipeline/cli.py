@@ -123,11 +123,11 @@ def plan(args: argparse.Namespace) -> int:
     setup_logging()
     try:
         from pipeline.planning import Plan, join_rows
-        from pipeline.runner import discover_inputs, plan_line, planner_for
+        from pipeline.runner import discover_inputs, plan_line, planner_for, report_discovery
         from pipeline.store.ledger import LEDGER_NAME, Ledger
 
         cfg = _load(args.config, args.set)
-        files, _ = discover_inputs(cfg)
+        files = discover_inputs(cfg)
         ledger = None
         if (cfg.output.dir / LEDGER_NAME).exists():
             ledger = Ledger(cfg.output.dir, readonly=True)
@@ -143,6 +143,7 @@ def plan(args: argparse.Namespace) -> int:
         finally:
             if ledger is not None:
                 ledger.close()
+        report_discovery(files)
     except BaseException as exc:
         return _fail(exc, False)
     counts = ", ".join(f"{n} {r}" for r, n in sorted(the_plan.reasons().items()))

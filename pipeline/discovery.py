@@ -1,11 +1,14 @@
-"""Input discovery: globs to a deterministic list of regular files.
+"""Input discovery: globs to a deterministic stream of regular files, in path-byte order.
 
 ``glob.glob`` with ``**`` follows directory symlinks without remembering where it has
 been: a symlink loop turns one file into dozens of paths, and two loops make the walk
-exponential. So ``**`` patterns are expanded here by a walk that visits each physical
-directory once (by device and inode), real directories before symlinked ones, in sorted
-order. Files are then deduplicated by (device, inode), the first path in byte order
-winning. Like ``glob``, wildcards do not match names that start with a dot.
+exponential. So patterns are expanded here by two passes per pattern. The first lists
+the folders the pattern can reach, each physical folder once (by device and inode), real
+folders before symlinked ones, and notes where symlinks point. The second lists those
+folders again, each sorted by name, yielding matches in the byte order of their full
+paths without ever holding a list of them. Files reached by two paths (hard links, a
+symlink, overlapping patterns) are deduplicated by (device, inode), the first path in
+byte order winning. Like ``glob``, wildcards do not match names that start with a dot.
 Directories, FIFOs, sockets and devices are skipped with a reason: opening a FIFO would
 block for ever. Unreadable directories are reported, not silently dropped.
 """
@@ -14,11 +17,14 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import heapq
+import itertools
 import logging
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 from pipeline.chunking import compression_of
 from pipeline.models import InputFile, SkippedInput
@@ -69,53 +75,139 @@ def _component_regex(component: str) -> str:
     return "".join(out)
 
 
-def _recursive_glob(pattern: str, skipped: list[SkippedInput]) -> Iterator[str]:
-    """Expand a pattern with a ``**`` component, visiting each directory once (a
-    generator: a walk over many files never holds a second list of their paths). Paths
-    come out normalised (``os.path.normpath``), each folder normalised once."""
+def _pattern_regex(fixed: list[str], rest: list[str], norm_root: str) -> re.Pattern[str]:
+    """The regex a normalised matching path fullmatches: the root, then the wildcard
+    components (``**``: any number of folders not starting with a dot)."""
+    regex_parts = []
+    for part in rest:
+        regex_parts.append("(?:[^/.][^/]*/)*" if part == "**" else _component_regex(part) + "/")
+    tail = "".join(regex_parts)
+    tail = tail[:-1] if tail.endswith("/") else tail + "[^/.][^/]*"
+    prefix = re.escape(norm_root.rstrip("/") + "/") if fixed and norm_root != "." else ""
+    return re.compile(prefix + tail)
+
+
+def _join(base: str, name: str) -> str:
+    """``base`` (a normalised folder, "." for the current one) joined with ``name``."""
+    if base == ".":
+        return name
+    return base + name if base.endswith("/") else base + "/" + name
+
+
+def _identity(st: os.stat_result) -> int:
+    return st.st_dev << 64 | st.st_ino  # (device, inode) as one int: a third of a tuple
+
+
+@dataclass
+class _Tree:
+    """What the first pass over a pattern's folders learnt (memory: a few values per
+    folder and per symlink, nothing per file)."""
+
+    chosen: set[str] = field(default_factory=set)  # folders to list, as normalised paths
+    targets: set[int] = field(default_factory=set)  # what symlinks in them point at
+
+
+def _choose_folders(root: str, rest: list[str], skipped: list[SkippedInput]) -> _Tree:
+    """First pass: which folders the walk lists. Each physical folder once (by device and
+    inode), real folders before symlinked ones, depth first in name order; without ``**``
+    only as deep as the pattern goes, into folders its components match. It also notes
+    what the symlinks in those folders point at: with each folder listed once, a file
+    has two paths only if a symlink points at it or it has several hard links."""
+    tree = _Tree()
+    recursive = "**" in rest
+    components = [re.compile(_component_regex(part)) for part in rest]
+    visited: set[int] = set()
+    stack = [(root, os.path.normpath(root), 0)]
+    while stack:
+        folder, norm, depth = stack.pop()
+        try:
+            identity = _identity(os.stat(folder))
+        except OSError:
+            continue
+        if identity in visited:
+            continue
+        visited.add(identity)
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            skipped.append(SkippedInput(exc.filename or folder, f"cannot read: {exc.strerror}"))
+            continue
+        tree.chosen.add(norm)
+        deeper = recursive or depth < len(rest) - 1
+        subdirs = []
+        for entry in entries:
+            link = entry.is_symlink()
+            if link:
+                try:
+                    target = os.stat(entry.path)
+                except OSError:
+                    continue  # dangling: reported when matched
+                tree.targets.add(_identity(target))
+                is_dir = stat.S_ISDIR(target.st_mode)
+            else:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            if is_dir and deeper and (recursive or components[depth].fullmatch(entry.name)):
+                subdirs.append((link, entry.name))
+        subdirs.sort(reverse=True)  # popped in (real before symlinked, name) order
+        for _link, name in subdirs:
+            stack.append((os.path.join(folder, name), _join(norm, name), depth + 1))
+    return tree
+
+
+def _sorted_matches(
+    folder: str, norm: str, chosen: set[str], matcher: re.Pattern[str]
+) -> Iterator[str]:
+    """Second pass: the matching paths under ``folder``, in byte order. Only the listings
+    of the folders on the current path are held: a folder's entries are sorted by name, a
+    subfolder taking its place as ``name/``, which is the byte order of full paths."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = list(listing)
+    except OSError:
+        return  # unreadable: the first pass reported it
+    items: list[tuple[bytes, str, str, bool]] = []
+    for entry in entries:
+        path = _join(norm, entry.name)
+        key = os.fsencode(entry.name)
+        items.append((key, path, entry.path, False))
+        if path in chosen:
+            items.append((key + b"/", path, entry.path, True))
+    entries.clear()
+    items.sort(key=lambda item: item[0])
+    fullmatch = matcher.fullmatch
+    for _key, path, walk_path, descend in items:
+        if descend:
+            yield from _sorted_matches(walk_path, path, chosen, matcher)
+        elif fullmatch(path):
+            yield path
+
+
+def _pattern_matches(pattern: str, skipped: list[SkippedInput], targets: set[int]) -> Iterator[str]:
+    """The normalised paths a pattern matches, in byte order. Symlinked folders are
+    followed without going round a loop: each physical folder is listed once. ``targets``
+    gathers what symlinks point at."""
+    if not glob.has_magic(pattern):
+        if os.path.lexists(pattern):
+            yield os.path.normpath(pattern)
+        return
     parts = pattern.split("/")
     fixed: list[str] = []
     for part in parts:
         if glob.has_magic(part):
             break
         fixed.append(part)
+    rest = parts[len(fixed) :]
     root = "/" if fixed == [""] else "/".join(fixed) or "."
-    regex_parts = []
-    for part in parts[len(fixed) :]:
-        regex_parts.append("(?:[^/.][^/]*/)*" if part == "**" else _component_regex(part) + "/")
-    tail = "".join(regex_parts)
-    tail = tail[:-1] if tail.endswith("/") else tail + "[^/.][^/]*"
-    norm_root = os.path.normpath(root)
-    prefix = re.escape(norm_root.rstrip("/") + "/") if fixed and norm_root != "." else ""
-    matcher = re.compile(prefix + tail)
-
     if not os.path.isdir(root):
         return  # like glob: a missing folder simply matches nothing
-
-    def unreadable(exc: OSError) -> None:
-        skipped.append(SkippedInput(exc.filename or root, f"cannot read: {exc.strerror}"))
-
-    if parts[-1] == "**" and fixed:
+    norm_root = os.path.normpath(root)
+    matcher = _pattern_regex(fixed, rest, norm_root)
+    tree = _choose_folders(root, rest, skipped)
+    targets |= tree.targets
+    if rest[-1] == "**" and fixed:
         yield norm_root  # as glob: "d/**" has d
-    visited: set[tuple[int, int]] = set()
-    for folder, subdirs, files in os.walk(root, followlinks=True, onerror=unreadable):
-        try:
-            st = os.stat(folder)
-        except OSError:
-            subdirs[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in visited:
-            subdirs[:] = []
-            continue
-        visited.add((st.st_dev, st.st_ino))
-        subdirs.sort(key=lambda d, f=folder: (os.path.islink(os.path.join(f, d)), d))
-        base = os.path.normpath(folder)  # "./a" -> "a"; entries are plain names
-        base = "" if base == "." else base if base.endswith("/") else base + "/"
-        fullmatch = matcher.fullmatch
-        for name in (*files, *subdirs):
-            path = base + name
-            if fullmatch(path):
-                yield path
+    yield from _sorted_matches(root, norm_root, tree.chosen, matcher)
 
 
 def path_sort_key(path: str) -> bytes:
@@ -123,49 +215,63 @@ def path_sort_key(path: str) -> bytes:
     return os.fsencode(path)
 
 
+class Discovery:
+    """The input files the globs name, found as the folders are walked: iterating yields
+    them in path-byte order, and fills ``skipped`` and ``unmatched`` as it goes.
+
+    Memory holds the folders (and symlinks) of the tree, never a list of its files: a
+    million inputs stream through planning like a thousand. With each folder listed once,
+    a file has two paths only through a hard link, a symlink or a second pattern, so only
+    such files' (device, inode) are remembered, the first path in byte order winning."""
+
+    def __init__(self, patterns: Sequence[str], exclude: Sequence[str] = ()) -> None:
+        self.patterns = list(patterns)
+        self.exclude = list(exclude)
+        self.skipped: list[SkippedInput] = []
+        self.unmatched: list[str] = []
+
+    def __iter__(self) -> Iterator[InputFile]:
+        targets: set[int] = set()
+        streams: list[Iterator[str]] = []
+        for pattern in self.patterns:
+            stream = _pattern_matches(pattern, self.skipped, targets)
+            first = next(stream, None)
+            if first is not None:
+                streams.append(itertools.chain([first], stream))
+            elif glob.has_magic(pattern) and os.path.lexists(pattern):
+                streams.append(iter([os.path.normpath(pattern)]))  # a literal name
+            else:
+                self.unmatched.append(pattern)
+        several = len(streams) > 1  # the same file may come out of two of them
+        merged = heapq.merge(*streams, key=os.fsencode) if several else itertools.chain(*streams)
+        seen: set[int] = set()
+        exclude = self.exclude
+        previous = None
+        for path in merged:
+            if path == previous or (exclude and _excluded(path, exclude)):
+                continue
+            previous = path
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                self.skipped.append(SkippedInput(path, f"cannot stat: {exc.strerror or exc}"))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                self.skipped.append(SkippedInput(path, f"skipped: {_kind(st.st_mode)}"))
+                continue
+            identity = _identity(st)
+            if identity in seen:
+                log.debug("%s: same file as an earlier path, skipped", path)
+                continue
+            if several or st.st_nlink > 1 or identity in targets:
+                seen.add(identity)  # one of two paths to it: remember it
+            yield InputFile(path, st.st_size, st.st_mtime_ns, compression_of(path))
+
+
 def discover(
     patterns: Sequence[str], exclude: Sequence[str] = ()
 ) -> tuple[list[InputFile], list[SkippedInput], list[str]]:
     """Expand ``patterns`` into files; returns (files, skipped, patterns that matched nothing)."""
-    matched: list[str] = []
-    unmatched: list[str] = []
-    files: list[InputFile] = []
-    skipped: list[SkippedInput] = []
-    for pattern in patterns:
-        if "**" in pattern.split("/"):
-            hits: Iterable[str] = _recursive_glob(pattern, skipped)  # already normalised
-        else:
-            hits = map(os.path.normpath, glob.iglob(pattern))
-        before = len(matched)
-        matched.extend(hits)
-        if len(matched) == before and os.path.lexists(pattern):
-            matched.append(os.path.normpath(pattern))  # a literal name with glob characters
-        elif len(matched) == before:
-            unmatched.append(pattern)
-
-    # Sorted in place (for ASCII names, the usual case, str order is byte order: no key
-    # objects to build); a path matched by several patterns is then next to itself.
-    ascii_only = all(path.isascii() for path in matched)
-    matched.sort(key=None if ascii_only else path_sort_key)
-    seen: set[int] = set()  # (device, inode) as one int: a third of a tuple's size
-    previous = None
-    for path in matched:
-        if path == previous or (exclude and _excluded(path, exclude)):
-            continue
-        previous = path
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            skipped.append(SkippedInput(path, f"cannot stat: {exc.strerror or exc}"))
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            skipped.append(SkippedInput(path, f"skipped: {_kind(st.st_mode)}"))
-            continue
-        identity = st.st_dev << 64 | st.st_ino
-        if identity in seen:
-            log.debug("%s: same file as an earlier path, skipped", path)
-            continue
-        seen.add(identity)
-        files.append(InputFile(path, st.st_size, st.st_mtime_ns, compression_of(path)))
-    matched.clear()
-    return files, skipped, unmatched
+    found = Discovery(patterns, exclude)
+    files = list(found)
+    return files, found.skipped, found.unmatched

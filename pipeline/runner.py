@@ -2,7 +2,7 @@
 
 ::
 
-    lock ─> discover ─> plan (files x ledger) ─> ledger: tasks pending
+    lock ─> discover x ledger rows ─> plan, file by file (one ledger transaction)
        └─> batches (small files grouped) ─> executor.run ─> worker: per task, read range
                  │                                     -> steps -> partials; one part file
                  │ on_outcome (main thread, once per batch)
@@ -25,20 +25,19 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.managers import SyncManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pipeline import worker
 from pipeline.config import PipelineConfig
-from pipeline.discovery import discover
+from pipeline.discovery import Discovery
 from pipeline.errors import ConfigError, ExecutionError, ExitCode, StoreError
 from pipeline.executors import ExecutorOptions, Outcome, make_executor
 from pipeline.executors.process import get_context, helpers_shielded
 from pipeline.live import LiveStats
-from pipeline.models import InputFile, JobSpec, SkippedInput, TaskResult, TaskSpec
+from pipeline.models import JobSpec, TaskResult, TaskSpec
 from pipeline.planning import Batcher, Plan, Planner, join_rows
 from pipeline.reporting import Progress, choose_mode, summary_lines
 from pipeline.store import merge, parts
@@ -48,7 +47,6 @@ from pipeline.store.lock import RunLock
 from pipeline.store.packing import whole_file
 from pipeline.units import format_size
 
-_T = TypeVar("_T")
 log = logging.getLogger("pipeline")
 
 LIVE_EVERY_S = 0.5  # how often the live view in the Manager dict is refreshed
@@ -119,12 +117,17 @@ def job_spec(cfg: PipelineConfig, parts_dir: Path) -> JobSpec:
     )
 
 
-def discover_inputs(cfg: PipelineConfig) -> tuple[list[InputFile], list[SkippedInput]]:
-    files, skipped, unmatched = discover(cfg.input.paths, cfg.input.exclude)
-    if unmatched:
-        log.warning("no file matches %s", ", ".join(repr(p) for p in unmatched))
-    folders = [item.path for item in skipped if item.reason == "skipped: a directory"]
-    for item in skipped:
+def discover_inputs(cfg: PipelineConfig) -> Discovery:
+    """The inputs, found as they are iterated (``report_discovery`` afterwards)."""
+    return Discovery(cfg.input.paths, cfg.input.exclude)
+
+
+def report_discovery(found: Discovery) -> None:
+    """Warnings for patterns that matched nothing and inputs that were skipped."""
+    if found.unmatched:
+        log.warning("no file matches %s", ", ".join(repr(p) for p in found.unmatched))
+    folders = [item.path for item in found.skipped if item.reason == "skipped: a directory"]
+    for item in found.skipped:
         if item.reason != "skipped: a directory":
             log.warning("%s: %s", item.path, item.reason)
     if folders:
@@ -135,7 +138,6 @@ def discover_inputs(cfg: PipelineConfig) -> tuple[list[InputFile], list[SkippedI
             "y" if len(folders) == 1 else "ies",
             shown,
         )
-    return files, skipped
 
 
 def planner_for(cfg: PipelineConfig, full: bool = False) -> Planner:
@@ -182,12 +184,12 @@ class Run:
                 f"{self.cfg.config_path}: execution.executor: 'dask' is not available in "
                 "this version; use 'process' or 'serial'"
             )
-        files, _ = discover_inputs(self.cfg)
+        files = discover_inputs(self.cfg)
         make_dirs(self.out_dir)
         with RunLock(self.out_dir), self.signals:
             return self._locked(files)
 
-    def _locked(self, files: list[InputFile]) -> RunResult:
+    def _locked(self, files: Discovery) -> RunResult:
         started = time.time()
         parts.prepare(str(self.parts_dir))
         remove_temp_files(self.out_dir)  # outputs a kill -9 interrupted mid-write
@@ -269,7 +271,7 @@ class Run:
             with contextlib.suppress(OSError):  # the workers' announcement files
                 parts.clear_tmp(str(self.parts_dir))
 
-    def _plan(self, ledger: Ledger, files: list[InputFile], run_id: int, batcher: Batcher) -> Plan:
+    def _plan(self, ledger: Ledger, files: Discovery, run_id: int, batcher: Batcher) -> Plan:
         """Plan file by file, in path order: each file meets its ledger rows (read through
         a second connection, as they were before this plan), its decision is recorded in
         the ledger (one transaction for the whole plan) and its tasks go to ``batcher``.
@@ -279,7 +281,7 @@ class Run:
         reader = ledger.reader()
         try:
             with ledger.recording_plan(self.result_key, run_id) as recorder:
-                for file, rows in join_rows(_drain(files), reader.tasks_for_planning()):
+                for file, rows in join_rows(files, reader.tasks_for_planning()):
                     decision = planner.decide(file, rows)
                     plan.add(decision)
                     run = decision.run
@@ -295,6 +297,7 @@ class Run:
                         batcher.add(task)
         finally:
             reader.close()
+        report_discovery(files)
         return plan
 
     def _executor_kind(self, plan: Plan) -> str:
@@ -455,14 +458,6 @@ class Run:
         for line in summary_lines(report, stats, str(self.out_dir)):
             log.info("%s", line)  # on the console unless --quiet; always in --log-file
         return RunResult(exit_code, report, stats)
-
-
-def _drain(items: list[_T]) -> Iterator[_T]:
-    """Hand the items (files to plan, batches to run) out in order, letting go of each
-    one as it goes: memory holds what is still to come, not what is done with."""
-    items.reverse()
-    while items:
-        yield items.pop()
 
 
 def _iso(timestamp: float) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.discovery import discover, path_sort_key
+from pipeline.discovery import Discovery, discover, path_sort_key
 from pipeline.models import InputFile
 
 
@@ -301,6 +301,71 @@ def test_hard_links_are_one_file(tmp_path: Path) -> None:
     os.link(a, tmp_path / "b.log")
     files, _, _ = discover([str(tmp_path / "*.log")])
     assert paths(files) == [a]
+
+
+def test_symlink_after_its_real_file_is_deduplicated(tmp_path: Path) -> None:
+    a = touch(tmp_path / "a.log")
+    os.symlink("a.log", tmp_path / "b.log")  # sorts after its target: the real path wins
+    files, _, _ = discover([str(tmp_path / "*.log")])
+    assert paths(files) == [a]
+
+
+def test_files_under_a_symlinked_folder_are_found_once(tmp_path: Path) -> None:
+    real = touch(tmp_path / "in" / "z" / "x.log")
+    os.symlink("z", tmp_path / "in" / "a")  # in/a -> in/z: the real folder is walked
+    for pattern in ("in/**/*.log", "in/*/x.log"):
+        files, _, _ = discover([str(tmp_path / pattern)])
+        assert paths(files) == [real], pattern
+
+
+def test_a_folder_reached_only_through_a_symlink_is_walked(tmp_path: Path) -> None:
+    touch(tmp_path / "elsewhere" / "x.log")
+    (tmp_path / "in").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "in" / "link")
+    files, _, _ = discover([str(tmp_path / "in" / "**" / "*.log")])
+    assert paths(files) == [str(tmp_path / "in" / "link" / "x.log")]
+
+
+def test_a_file_symlink_into_a_symlinked_folder_is_one_file(tmp_path: Path) -> None:
+    target = touch(tmp_path / "elsewhere" / "x.log")
+    (tmp_path / "in").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "in" / "b")
+    os.symlink(target, tmp_path / "in" / "c.log")
+    files, _, _ = discover([str(tmp_path / "in" / "**" / "*.log")])
+    assert paths(files) == [str(tmp_path / "in" / "b" / "x.log")]
+
+
+def test_overlapping_patterns_with_other_spellings_give_each_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    touch(tmp_path / "d" / "a.log")
+    monkeypatch.chdir(tmp_path)
+    files, _, _ = discover(["d/*.log", str(tmp_path / "d" / "*.log")])
+    assert paths(files) == [str(tmp_path / "d" / "a.log")]  # "/..." sorts before "d/..."
+
+
+def test_discovery_streams_files_as_the_walk_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first file comes out before most files are even looked at: nothing per file
+    is collected ahead of the consumer."""
+    for i in range(50):
+        for j in range(20):
+            touch(tmp_path / "in" / f"d{i:02d}" / f"f{j:02d}.log")
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def counting(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        stats.append(os.fsdecode(path))
+        return real_stat(path, *args, **kwargs)
+
+    found = Discovery([str(tmp_path / "in" / "**" / "*.log")])
+    monkeypatch.setattr(os, "stat", counting)
+    stream = iter(found)
+    first = next(stream)
+    assert first.path == str(tmp_path / "in" / "d00" / "f00.log")
+    assert sum(p.endswith(".log") for p in stats) == 1
+    assert len(list(stream)) == 999
 
 
 def _real(files: list[InputFile]) -> list[str]:
