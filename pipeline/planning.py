@@ -287,7 +287,7 @@ class Batcher:
     of a million files is never a million objects in memory. Big tasks are held, to be
     sorted."""
 
-    SPOOL_AFTER = 16384  # tasks of the first batches, kept in memory (a few MB at most)
+    SPOOL_AFTER = 4096  # tasks of the first batches, kept in memory (about 1 MB)
 
     def __init__(self, workers: int, chunk_size: int, spool_dir: str | None = None) -> None:
         self.chunk_size = chunk_size
@@ -381,7 +381,7 @@ class Batcher:
 
 
 MAX_PER_BATCH = 256
-SPOOL_CHUNK = 64  # batches written to the spool at a time
+SPOOL_CHUNK = 16  # batches written to the spool at a time
 
 
 def _popping(items: list[_T]) -> Iterator[_T]:

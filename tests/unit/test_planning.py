@@ -502,7 +502,7 @@ def test_streamed_batches_spooled_to_disk_equal_the_rule(tmp_path: Path, n_files
     files.append(InputFile("/d/zbig.log", 900, MTIME))
     p = make_plan(files, {}, fmt="lines", chunk_size=800, result_key=KEY, parts_dir=None)
     batcher = Batcher(2, 800, spool_dir=str(tmp_path))
-    batcher.SPOOL_AFTER = 1000  # spool early (after 16384 tasks by default)
+    batcher.SPOOL_AFTER = 1000  # spool early (after 4096 tasks by default)
     for task in p.run:
         batcher.add(task)
     if n_files >= 4097:
