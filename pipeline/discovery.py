@@ -25,6 +25,7 @@ import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.chunking import compression_of
 from pipeline.models import InputFile, SkippedInput
@@ -166,21 +167,29 @@ def _sorted_matches(
             entries = list(listing)
     except OSError:
         return  # unreadable: the first pass reported it
-    items: list[tuple[bytes, str, str, bool]] = []
+    prefix = "" if norm == "." else norm if norm.endswith("/") else norm + "/"
+    as_str = all(entry.name.isascii() for entry in entries)  # then str order is byte order
+    items: list[tuple[str | bytes, str, str, bool]] = []
+    append = items.append
     for entry in entries:
-        path = _join(norm, entry.name)
-        key = os.fsencode(entry.name)
-        items.append((key, path, entry.path, False))
+        name = entry.name
+        path = prefix + name
+        key = name if as_str else os.fsencode(name)
+        append((key, path, entry.path, False))
         if path in chosen:
-            items.append((key + b"/", path, entry.path, True))
+            append((key + ("/" if as_str else b"/"), path, entry.path, True))  # type: ignore[operator]
     entries.clear()
-    items.sort(key=lambda item: item[0])
+    items.sort(key=_first)
     fullmatch = matcher.fullmatch
     for _key, path, walk_path, descend in items:
         if descend:
             yield from _sorted_matches(walk_path, path, chosen, matcher)
         elif fullmatch(path):
             yield path
+
+
+def _first(item: tuple[Any, ...]) -> Any:
+    return item[0]
 
 
 def _pattern_matches(pattern: str, skipped: list[SkippedInput], targets: set[int]) -> Iterator[str]:
