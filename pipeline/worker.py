@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 from pipeline import aggregates, fastpath, readers, steps
 from pipeline.digest import reads_small_file
+from pipeline.heap import keep_freed_heap
 from pipeline.models import Batch, JobSpec, TaskResult, TaskSpec
 from pipeline.store.packing import pack_tasks, whole_file
 from pipeline.store.parts import TMP_DIR, part_writer
@@ -328,6 +329,7 @@ def init_worker(job: JobSpec) -> None:
     then SIGKILLs what is left)."""
     _ignore_stop_signals()
     watch_parent()
+    keep_freed_heap()
     try:
         _PROCESS["announcer"] = Announcer(job.parts_dir)
         _PROCESS["runner"] = TaskRunner(job)
