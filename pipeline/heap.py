@@ -22,7 +22,7 @@ MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for the dynamic threshold
 
 def keep_freed_heap() -> bool:
     """Set the thresholds; whether it took effect (False off glibc)."""
-    with contextlib.suppress(OSError, AttributeError):
+    with contextlib.suppress(ImportError, OSError, AttributeError):  # it must never raise
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)

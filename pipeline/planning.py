@@ -20,6 +20,7 @@ from typing import IO, TypeVar
 
 from pipeline.chunking import is_splittable, split_ranges
 from pipeline.digest import file_digest
+from pipeline.errors import StoreError
 from pipeline.models import Batch, InputFile, TaskSpec
 from pipeline.store.ledger import TaskRow
 
@@ -345,12 +346,17 @@ class Batcher:
         """The waiting batches go to the spool as one length-prefixed marshal blob of
         plain tuples (three times faster than pickling the objects; the file is this
         process's own, written and read back by it alone)."""
-        if self._spool is None:
-            self._spool = tempfile.TemporaryFile(dir=self._spool_dir, prefix=".spool-")  # noqa: SIM115 - read back by batches()
         blob = marshal.dumps(
             [(batch.batch_id, [t.fields() for t in batch.tasks]) for batch in self._ready]
         )
-        self._spool.write(len(blob).to_bytes(8, "little") + blob)
+        try:
+            if self._spool is None:
+                self._spool = tempfile.TemporaryFile(dir=self._spool_dir, prefix=".spool-")  # noqa: SIM115 - read back by batches()
+            self._spool.write(len(blob).to_bytes(8, "little") + blob)
+        except OSError as exc:
+            raise StoreError(
+                f"{self._spool_dir}: cannot write the plan's spool file: {exc}"
+            ) from exc
         self._ready = []
 
     def batches(self) -> Iterator[Batch]:
