@@ -22,6 +22,4 @@ def file_digest(path: str) -> str:
 
 def reads_small_file(task: TaskSpec) -> bool:
     """Whether the task reads all of a file small enough to digest (and to read in one go)."""
-    if task.offset != 0 or task.size > CONTENT_CHECK_MAX:
-        return False
-    return task.length is None or task.length == task.size
+    return task.size <= CONTENT_CHECK_MAX and task.covers_file

@@ -44,6 +44,11 @@ class JobSpec:
     import_dirs: tuple[str, ...] = ()
 
 
+def covers_file(offset: int, length: int | None, size: int) -> bool:
+    """Whether a byte range (``length`` None: to the end) is all of a file of ``size``."""
+    return offset == 0 and (length is None or length == size)
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """One unit of work: a byte range of a file, or a whole file (``length is None``)."""
@@ -74,6 +79,11 @@ class TaskSpec:
             self.compression,
             self.reason,
         )
+
+    @property
+    def covers_file(self) -> bool:
+        """Whether the task is its file's only one (the whole file, or one range that is)."""
+        return covers_file(self.offset, self.length, self.size)
 
     @property
     def end(self) -> int | None:

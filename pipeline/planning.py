@@ -21,7 +21,7 @@ from typing import IO, TypeVar
 from pipeline.chunking import is_splittable, split_ranges
 from pipeline.digest import file_digest
 from pipeline.errors import StoreError
-from pipeline.models import Batch, InputFile, TaskSpec
+from pipeline.models import Batch, InputFile, TaskSpec, covers_file
 from pipeline.store.ledger import TaskRow
 
 _T = TypeVar("_T")
@@ -156,7 +156,7 @@ class Planner:
                     spec = dataclasses.replace(spec, mtime_ns=file.mtime_ns)
                 (skip if reason == "unchanged" else run).append(spec)
             # a whole file re-run is replaced whole by its new result (maybe in a batch row)
-            drop = bool(run) and _single_whole(rows)
+            drop = bool(run) and len(rows) == 1 and _covers(rows[0])
             return FileDecision(file, run, skip, drop=drop, touched=touched)
         if full:
             reason = "full"
@@ -214,12 +214,8 @@ def make_plan(
     return plan
 
 
-def _single_whole(rows: Sequence[TaskRow]) -> bool:
-    """Whether a file's rows are one task covering the whole file."""
-    if len(rows) != 1:
-        return False
-    (row,) = rows
-    return row.offset == 0 and (row.length is None or row.length == row.size)
+def _covers(row: TaskRow) -> bool:
+    return covers_file(row.offset, row.length, row.size)
 
 
 def _only_touched(file: InputFile, rows: Sequence[TaskRow]) -> bool:

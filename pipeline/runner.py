@@ -44,7 +44,6 @@ from pipeline.store import merge, parts
 from pipeline.store.atomic import make_dirs, remove_temp_files
 from pipeline.store.ledger import Ledger
 from pipeline.store.lock import RunLock
-from pipeline.store.packing import whole_file
 from pipeline.units import format_size
 
 log = logging.getLogger("pipeline")
@@ -285,7 +284,7 @@ class Run:
                     decision = planner.decide(file, rows)
                     plan.add(decision)
                     run = decision.run
-                    if rows or len(run) != 1 or not whole_file(run[0]):
+                    if rows or len(run) != 1 or not run[0].covers_file:
                         recorder.file(
                             file.path,
                             rows,

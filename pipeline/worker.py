@@ -32,7 +32,7 @@ from pipeline import aggregates, fastpath, readers, steps
 from pipeline.digest import reads_small_file
 from pipeline.heap import keep_freed_heap
 from pipeline.models import Batch, JobSpec, TaskResult, TaskSpec
-from pipeline.store.packing import pack_tasks, whole_file
+from pipeline.store.packing import pack_tasks
 from pipeline.store.parts import TMP_DIR, part_writer
 
 PARENT_GONE_EXIT = 70
@@ -104,7 +104,7 @@ class TaskRunner:
         of several are packed for their ledger row (``TaskResult.packed``, on the first)."""
         results = self._run_batch(batch)
         done = [(task, r) for task, r in zip(batch.tasks, results, strict=True) if r.ok]
-        if len(done) > 1 and all(whole_file(task) for task, _ in done):
+        if len(done) > 1 and all(task.covers_file for task, _ in done):
             try:
                 merged = aggregates.merge_many(self.job.stats, [r.partials for _, r in done])
                 done[0][1].packed = pack_tasks(done, merged)

@@ -467,15 +467,11 @@ class Ledger:
         """``{path: batch_id}`` for the paths that are members of a batch row."""
         if not paths:
             return {}
-        probes = [json.dumps(p) for p in paths] if len(paths) <= 64 else None
-        holder: dict[str, str] = {}
-        for batch_id, members_json in self._db.execute("SELECT batch_id, members FROM batches"):
-            if probes is not None and not any(p in members_json for p in probes):
-                continue  # a cheap test on the text before parsing it
-            for member in json.loads(members_json):
-                if member[packing.M_PATH] in paths:
-                    holder[member[packing.M_PATH]] = batch_id
-        return holder
+        return {
+            row.path: row.batch_id
+            for row in self.tasks_for_planning()
+            if row.batch_id is not None and row.path in paths
+        }
 
     def reader(self) -> Ledger:
         """A second connection to this ledger for reading while this one writes: in WAL
@@ -678,7 +674,7 @@ class PlanRecorder:
         rows = [
             (*_identity(t, self._result_key), self._run_id, self._run_id)
             for t in tasks
-            if not packing.whole_file(t)
+            if not t.covers_file
         ]
         if rows:
             self._db.executemany(_PENDING, rows)

@@ -83,15 +83,11 @@ def pack(members: list[list[Any]]) -> str:
 
 
 def batch_totals(members: list[list[Any]]) -> tuple[Any, ...]:
-    """first_path, files, the four record counts, bytes_read and part_size of a batch."""
+    """first_path, files, the four record counts, bytes_read and part_size of a batch
+    (its members in path order, as they are always kept)."""
     return (
-        min(os.fsencode(m[M_PATH]) for m in members),
+        os.fsencode(members[0][M_PATH]),
         len(members),
         *(sum(m[i] for m in members) for i in range(M_RECORDS_IN, M_BYTES_READ + 1)),
         sum(m[M_PART_SIZE] for m in members),
     )
-
-
-def whole_file(task: TaskSpec) -> bool:
-    """Whether the task is its file's only one (the whole file, or one range that is)."""
-    return task.offset == 0 and (task.length is None or task.length == task.size)

@@ -74,13 +74,6 @@ def table_counts(tmp_path: Path) -> tuple[int, int]:
         db.close()
 
 
-@pytest.fixture
-def ledger(tmp_path: Path):
-    led = Ledger(tmp_path)
-    yield led
-    led.close()
-
-
 def test_a_packed_batch_is_one_row_read_back_as_task_rows(tmp_path: Path, ledger: Ledger) -> None:
     run = ledger.start_run("job", "k")
     commit_batch(ledger, run, ["/d/a", "/d/b", "/d/caf\udce9"], [2, 0, 5])

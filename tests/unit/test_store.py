@@ -175,13 +175,6 @@ def spec(path: str, offset: int = 0, length: int | None = 10, tid: str | None = 
     return TaskSpec(tid or f"{path}@{offset}", path, offset, length, 100, 7, None, "new")
 
 
-@pytest.fixture
-def ledger(tmp_path: Path):
-    led = Ledger(tmp_path)
-    yield led
-    led.close()
-
-
 def test_schema_is_created(tmp_path: Path, ledger: Ledger) -> None:
     assert (tmp_path / LEDGER_NAME).is_file()
     db = sqlite3.connect(tmp_path / LEDGER_NAME)
