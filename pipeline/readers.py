@@ -63,6 +63,23 @@ class ReadCounters:
     opened: os.stat_result | None = None  # fstat of the file as it was opened
 
 
+class FileChangedError(Exception):
+    """The input was modified, truncated or replaced while the run was going."""
+
+
+def check_unchanged(task: TaskSpec, st: os.stat_result | None = None) -> None:
+    """Fail the task if its file is not the one that was planned: its results would
+    belong to neither version. The next run plans the file again. ``st``: a stat taken
+    earlier (the reader's ``fstat`` of the file it opened); by default, the path now."""
+    if st is None:
+        st = os.stat(task.path)
+    if st.st_size != task.size or st.st_mtime_ns != task.mtime_ns:
+        raise FileChangedError(
+            f"changed since the run started (size {task.size} -> {st.st_size}); "
+            "the next run processes it again"
+        )
+
+
 def position_label(fmt: str, task: TaskSpec) -> str:
     """What the ``position`` yielded by ``iter_records`` means, for error messages."""
     if fmt == "csv":
@@ -163,20 +180,28 @@ def _opened(task: TaskSpec, counters: ReadCounters) -> Iterator[tuple[IO[bytes],
 
 def read_small_file(task: TaskSpec, counters: ReadCounters) -> bytes:
     """All the bytes of a small file read whole (``digest.reads_small_file``), in one
-    call: its planned size plus one byte, enough to see it grew. Sets ``opened``,
-    ``content`` (the digest of these very bytes) and ``bytes_read``."""
+    call: its planned size plus one byte, enough to see it grew. Sets ``content`` (the
+    digest of these very bytes) and ``bytes_read``; the worker's ``stat`` of the path
+    after the task proves they were the planned version. Other bytes than planned fail
+    at once, as a changed file."""
     # os.open, not open(): no file object to build (a third of the cost for a tiny file).
     # O_NONBLOCK: a path that became a FIFO since discovery must not block the open.
     fd = os.open(task.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        counters.opened = os.fstat(fd)
         want = task.size + 1
         data = os.read(fd, want)
-        while 0 < len(data) < want:  # a short read (rare for a regular file): go on
+        while 0 < len(data) < task.size:  # a short read (rare for a regular file): go on
             more = os.read(fd, want - len(data))
             if not more:
                 break
             data += more
+        if len(data) != task.size:
+            st = os.fstat(fd)
+            check_unchanged(task, st)
+            raise FileChangedError(
+                f"changed since the run started ({len(data)} bytes read, {task.size} planned); "
+                "the next run processes it again"
+            )
     finally:
         os.close(fd)
     counters.content = bytes_digest(data)

@@ -32,6 +32,7 @@ from pipeline import aggregates, fastpath, readers, steps
 from pipeline.digest import reads_small_file
 from pipeline.heap import keep_freed_heap
 from pipeline.models import Batch, JobSpec, TaskResult, TaskSpec
+from pipeline.readers import check_unchanged
 from pipeline.store.packing import pack_tasks
 from pipeline.store.parts import TMP_DIR, part_writer
 
@@ -54,23 +55,6 @@ def to_utf8(text: str) -> bytes:
     return text.encode("utf-8", "backslashreplace")
 
 
-class FileChangedError(Exception):
-    """The input was modified, truncated or replaced while the run was going."""
-
-
-def check_unchanged(task: TaskSpec, st: os.stat_result | None = None) -> None:
-    """Fail the task if its file is not the one that was planned: its results would
-    belong to neither version. The next run plans the file again. ``st``: a stat taken
-    earlier (the reader's ``fstat`` of the file it opened); by default, the path now."""
-    if st is None:
-        st = os.stat(task.path)
-    if st.st_size != task.size or st.st_mtime_ns != task.mtime_ns:
-        raise FileChangedError(
-            f"changed since the run started (size {task.size} -> {st.st_size}); "
-            "the next run processes it again"
-        )
-
-
 def make_encoder() -> Callable[[Any], str]:
     """The one record encoder: compact JSON, non-ASCII kept, bytes as base64."""
     encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default)
@@ -85,6 +69,7 @@ class TaskRunner:
             if folder not in sys.path:
                 sys.path.insert(0, folder)
         self.job = job
+        self.pid = os.getpid()  # built in the process that runs the tasks
         self.chain = steps.compile_steps(job.steps)
         self.aggregators = aggregates.Aggregators(job.stats)
         self.encode = make_encoder()
@@ -141,7 +126,7 @@ class TaskRunner:
     def _run(self, task: TaskSpec, handle: BinaryIO | None) -> TaskResult:
         started = time.perf_counter()
         counters = readers.ReadCounters()
-        result = TaskResult(task.task_id, ok=False, pid=os.getpid())
+        result = TaskResult(task.task_id, ok=False, pid=self.pid)
         sink = _Sink(self, handle)
         try:
             if self.fast is not None:

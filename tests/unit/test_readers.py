@@ -20,10 +20,13 @@ from pipeline.chunking import split_ranges
 from pipeline.models import TaskSpec
 from pipeline.readers import (
     TAIL_READ_SIZE,
+    FileChangedError,
     ReadCounters,
     check_encoding,
+    check_unchanged,
     iter_records,
     position_label,
+    read_small_file,
 )
 
 HAVE_ZSTD = importlib.util.find_spec("zstandard") is not None
@@ -273,7 +276,27 @@ def test_closing_early_settles_bytes_read(tmp_path: Path) -> None:
     next(records)
     records.close()
     assert counters.bytes_read == 5000 and counters.records_in == 1
-    assert counters.content is not None and counters.opened is not None
+    assert counters.content is not None
+    assert counters.opened is None  # the worker stats the path once the task is over
+
+
+@pytest.mark.parametrize("now", [b"line\n" * 3, b"line\n" * 5, b"LINE\n" * 4])
+def test_small_file_read_checks_its_length(tmp_path: Path, now: bytes) -> None:
+    """A small file is read in one call, its planned size plus one byte: bytes of
+    another length than planned fail the task at once; the same length with new bytes
+    is the worker's final stat's business (its mtime moved)."""
+    path = write(tmp_path, b"line\n" * 4)
+    task = make_task(path)
+    path.write_bytes(now)
+    counters = ReadCounters()
+    if len(now) == task.size:
+        assert read_small_file(task, counters) == now
+        with pytest.raises(FileChangedError, match="changed since the run started"):
+            os.utime(path, ns=(task.mtime_ns + 10**9, task.mtime_ns + 10**9))
+            check_unchanged(task)
+        return
+    with pytest.raises(FileChangedError, match=f"size {task.size} -> {len(now)}"):
+        read_small_file(task, counters)
 
 
 def test_rejects_inconsistent_tasks(tmp_path: Path) -> None:
