@@ -13,18 +13,17 @@ import hashlib
 import marshal
 import os
 import tempfile
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import IO, TypeVar
+from typing import IO
 
 from pipeline.chunking import is_splittable, split_ranges
 from pipeline.digest import file_digest
 from pipeline.errors import StoreError
 from pipeline.models import Batch, InputFile, TaskSpec, covers_file
 from pipeline.store.ledger import TaskRow
-
-_T = TypeVar("_T")
 
 REASONS = ("new", "changed", "config-changed", "failed-before", "interrupted", "full", "unchanged")
 
@@ -58,12 +57,14 @@ class Plan:
     drop_paths: list[str] = field(default_factory=list)  # files whose old tasks are replaced
     touched: list[tuple[str, int]] = field(default_factory=list)  # (path, new mtime_ns)
 
+    n_files: int = 0
     n_run: int = 0
     n_skip: int = 0
     run_bytes: int = 0
     reason_counts: dict[str, int] = field(default_factory=dict)
 
     def add(self, decision: FileDecision) -> None:
+        self.n_files += 1
         counts = self.reason_counts
         for task in decision.run:
             counts[task.reason] = counts.get(task.reason, 0) + 1
@@ -279,10 +280,14 @@ class Batcher:
     ``chunk_size`` work and of a count that still gives every worker about eight batches
     (at most 256 tasks each): enough to balance the load, few enough that per-batch costs
     vanish. The count needs the number of small tasks, so the first ones wait until that
-    is known or large enough not to matter; after that, finished batches go to a spool
-    file (with ``spool_dir``) once the first ``SPOOL_AFTER`` tasks are batched, so a plan
-    of a million files is never a million objects in memory. Big tasks are held, to be
-    sorted."""
+    is known or large enough not to matter.
+
+    Batches can be taken while tasks are still being added (``take``): the run starts
+    executing while it plans. Small batches come out in the order they were made: the
+    first ones (``SPOOL_AFTER`` tasks) from memory, later ones from a spool file (with
+    ``spool_dir``) once a few are waiting, so a plan of a million files is never a million
+    objects in memory. Big tasks are held, to be sorted, and come out first once the plan
+    is over (``finish``)."""
 
     SPOOL_AFTER = 4096  # tasks of the first batches, kept in memory (about 1 MB)
 
@@ -296,11 +301,15 @@ class Batcher:
         self._per_batch = MAX_PER_BATCH
         self._group: list[TaskSpec] = []
         self._group_work = 0
-        self._head: list[Batch] = []
+        self._head: deque[Batch] = deque()  # the first batches, in memory
         self._head_tasks = 0
-        self._ready: list[Batch] = []
+        self._spooled: deque[Batch] = deque()  # read back from the spool, not yet taken
+        self._ready: deque[Batch] = deque()  # made after the head, not (yet) spooled
         self._spool_dir = spool_dir
         self._spool: IO[bytes] | None = None
+        self._spool_read = 0  # offset of the next blob to read back
+        self._spool_end = 0  # offset where the next blob is written
+        self.finished = False
 
     def add(self, task: TaskSpec) -> None:
         work = _task_work(task)
@@ -347,34 +356,58 @@ class Batcher:
         )
         try:
             if self._spool is None:
-                self._spool = tempfile.TemporaryFile(dir=self._spool_dir, prefix=".spool-")  # noqa: SIM115 - read back by batches()
+                self._spool = tempfile.TemporaryFile(dir=self._spool_dir, prefix=".spool-")  # noqa: SIM115 - read back by take()
+            self._spool.seek(self._spool_end)
             self._spool.write(len(blob).to_bytes(8, "little") + blob)
+            self._spool_end = self._spool.tell()
         except OSError as exc:
             raise StoreError(
                 f"{self._spool_dir}: cannot write the plan's spool file: {exc}"
             ) from exc
-        self._ready = []
+        self._ready.clear()
 
-    def batches(self) -> Iterator[Batch]:
-        """Every batch, once all tasks are added: the big tasks largest first, then the
-        small ones in the order they came."""
+    def _from_spool(self) -> bool:
+        """Read the next blob back into ``_spooled``; False when none is left."""
+        if self._spool is None or self._spool_read >= self._spool_end:
+            return False
+        self._spool.seek(self._spool_read)
+        size = int.from_bytes(self._spool.read(8), "little")
+        blob = self._spool.read(size)
+        self._spool_read = self._spool.tell()
+        for batch_id, tasks in marshal.loads(blob):
+            self._spooled.append(Batch(batch_id, tuple(TaskSpec(*t) for t in tasks)))
+        return True
+
+    def finish(self) -> None:
+        """Every task is added: the last small batches are made, big tasks sorted."""
+        if self.finished:
+            return
+        self.finished = True
         if self._waiting is not None:
             self._release(max(1, min(MAX_PER_BATCH, len(self._waiting) // (self.workers * 8))))
         if self._group:
             self._emit()
-        big, self.big = sorted(self.big, key=_task_work, reverse=True), []
-        yield from (Batch.of((t,)) for t in _popping(big))
-        head, self._head = self._head, []
-        yield from _popping(head)
-        spool, self._spool = self._spool, None
-        if spool is not None:
-            with spool:
-                spool.seek(0)
-                while size := int.from_bytes(spool.read(8), "little"):
-                    for batch_id, tasks in _popping(marshal.loads(spool.read(size))):
-                        yield Batch(batch_id, tuple(TaskSpec(*t) for t in tasks))
-        ready, self._ready = self._ready, []
-        yield from _popping(ready)
+        self.big.sort(key=_task_work, reverse=True)  # largest first, ties in path order
+        self.big.reverse()  # taken from the end
+
+    def take(self) -> Batch | None:
+        """The next batch that can go now, or None: the big tasks (largest first) once
+        the plan is finished, then the small batches in the order they were made."""
+        if self.finished and self.big:
+            return Batch.of((self.big.pop(),))
+        if self._head:
+            return self._head.popleft()
+        if self._spooled or self._from_spool():
+            return self._spooled.popleft()
+        if self._ready:
+            return self._ready.popleft()
+        return None
+
+    def batches(self) -> Iterator[Batch]:
+        """Every batch, once all tasks are added (``finish``, then ``take`` until None)."""
+        self.finish()
+        while (batch := self.take()) is not None:
+            yield batch
 
     def close(self) -> None:
         if self._spool is not None:
@@ -384,10 +417,3 @@ class Batcher:
 
 MAX_PER_BATCH = 256
 SPOOL_CHUNK = 16  # batches written to the spool at a time
-
-
-def _popping(items: list[_T]) -> Iterator[_T]:
-    """The items in order, each let go of as it is handed out."""
-    items.reverse()
-    while items:
-        yield items.pop()

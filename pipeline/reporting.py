@@ -65,6 +65,17 @@ class Progress:
                 ),
             ]
 
+    def set_totals(self, tasks: int, nbytes: int) -> None:
+        """The plan grew (it is made while the run goes)."""
+        if tasks == self.total_tasks and nbytes == self.total_bytes:
+            return
+        self.total_tasks, self.total_bytes = tasks, nbytes
+        if self._bars:
+            self._bars[0].total = tasks
+            self._bars[1].total = nbytes
+            for bar in self._bars:
+                bar.refresh()
+
     def advance(self, nbytes: int, tasks: int = 1, failed: int = 0) -> None:
         self.done_tasks += tasks
         self.done_bytes += nbytes

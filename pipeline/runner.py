@@ -38,7 +38,8 @@ from pipeline.executors import ExecutorOptions, Outcome, make_executor
 from pipeline.executors.process import get_context, helpers_shielded
 from pipeline.live import LiveStats
 from pipeline.models import JobSpec, TaskResult, TaskSpec
-from pipeline.planning import Batcher, Plan, Planner, join_rows
+from pipeline.planfeed import PlanFeed
+from pipeline.planning import Batcher, Plan, Planner
 from pipeline.reporting import Progress, choose_mode, summary_lines
 from pipeline.store import merge, parts
 from pipeline.store.atomic import make_dirs, remove_temp_files
@@ -192,48 +193,44 @@ class Run:
         started = time.time()
         parts.prepare(str(self.parts_dir))
         remove_temp_files(self.out_dir)  # outputs a kill -9 interrupted mid-write
-        result_key = self.result_key
         # Planned tasks go straight into batches (spooled to a temporary file beside the
         # outputs): no list of every task is ever held.
         batcher = Batcher(self.cfg.workers_resolved(), self.cfg.input.chunk_size, str(self.out_dir))
         ledger = Ledger(self.out_dir)
+        feed: PlanFeed | None = None
+        manager: SyncManager | None = None
+        progress = Progress("none", 0, 0)
         try:
-            run_id = ledger.start_run(self.cfg.name, result_key)
-            plan = self._plan(ledger, files, run_id, batcher)
-        except BaseException:
-            batcher.close()
-            raise
-        finally:
-            ledger.close()
-        log.info(
-            "%s: %d task(s) to run (%s), %d unchanged",
-            self.cfg.name,
-            plan.n_run,
-            _reason_text(plan),
-            plan.n_skip,
-        )
-
-        kind = self._executor_kind(plan)
-        executor = make_executor(
-            kind,
-            ExecutorOptions(
-                job=job_spec(self.cfg, self.parts_dir),
-                workers=self.cfg.workers_resolved(),
-                submit=self.cfg.execution.submit,
-                start_method=self.cfg.execution.start_method,
-                retries=self.cfg.execution.retries,
-                timeout=self.cfg.execution.timeout,
-                grace=self.cfg.execution.grace,
-            ),
-        )
-        budget = self.cfg.max_failures_for(plan.n_run)
-        manager = self._start_manager() if kind == "process" else None
-        progress = Progress(
-            choose_mode(self.options.progress, self.options.quiet), plan.n_run, plan.run_bytes
-        )
-        # Workers never touch the ledger (under fork they inherit its descriptor, unused).
-        ledger = Ledger(self.out_dir)
-        try:
+            run_id = ledger.start_run(self.cfg.name, self.result_key)
+            feed = PlanFeed(
+                ledger,
+                files,
+                planner_for(self.cfg, self.options.full),
+                batcher,
+                self.result_key,
+                run_id,
+                lambda plan, done: self._planned(files, plan, done, progress),
+            )
+            # Enough of the plan to choose the executor; the rest is made while it runs.
+            feed.plan_until(lambda plan: _estimate_s(plan) >= TINY_JOB_S)
+            plan = feed.plan
+            kind = self._executor_kind(feed)
+            executor = make_executor(
+                kind,
+                ExecutorOptions(
+                    job=job_spec(self.cfg, self.parts_dir),
+                    workers=self.cfg.workers_resolved(),
+                    submit=self.cfg.execution.submit,
+                    start_method=self.cfg.execution.start_method,
+                    retries=self.cfg.execution.retries,
+                    timeout=self.cfg.execution.timeout,
+                    grace=self.cfg.execution.grace,
+                ),
+            )
+            manager = self._start_manager() if kind == "process" else None
+            progress = Progress(
+                choose_mode(self.options.progress, self.options.quiet), plan.n_run, plan.run_bytes
+            )
             live = self._live_stats(manager)
             if plan.n_run:
                 log.info("executor: %s", executor.describe())
@@ -242,6 +239,7 @@ class Run:
                 self._commit(ledger, live, progress, outcome, run_id)
 
             def should_stop() -> bool:
+                budget = self._budget(plan, feed.done)
                 return (
                     bool(self.signals.received)
                     or self.state.disk_full
@@ -250,18 +248,29 @@ class Run:
 
             try:
                 executor.run(
-                    batcher.batches(),
+                    feed,
                     on_outcome,
                     should_stop,
                     lambda: len(self.signals.received) > 1,
+                    feed.ahead,
                 )
             except ExecutionError as exc:
                 log.error("%s", exc.message)
                 self.state.fatal = exc.message
+            if not feed.done:
+                log.info(
+                    "%s: stopped while planning, after %d file(s) (%d task(s) planned)",
+                    self.cfg.name,
+                    plan.n_files,
+                    plan.n_run,
+                )
+            feed.close()
             live.publish()
             progress.close()
-            return self._finish(ledger, live, plan, run_id, started, budget)
+            return self._finish(ledger, live, plan, run_id, started, self._budget(plan, feed.done))
         finally:
+            if feed is not None:
+                feed.close()
             batcher.close()
             progress.close()
             ledger.close()
@@ -270,46 +279,40 @@ class Run:
             with contextlib.suppress(OSError):  # the workers' announcement files
                 parts.clear_tmp(str(self.parts_dir))
 
-    def _plan(self, ledger: Ledger, files: Discovery, run_id: int, batcher: Batcher) -> Plan:
-        """Plan file by file, in path order: each file meets its ledger rows (read through
-        a second connection, as they were before this plan), its decision is recorded in
-        the ledger (one transaction for the whole plan) and its tasks go to ``batcher``.
-        Only counts are kept."""
-        planner = planner_for(self.cfg, self.options.full)
-        plan = Plan(keep=False)
-        reader = ledger.reader()
-        try:
-            with ledger.recording_plan(self.result_key, run_id) as recorder:
-                for file, rows in join_rows(files, reader.tasks_for_planning()):
-                    decision = planner.decide(file, rows)
-                    plan.add(decision)
-                    run = decision.run
-                    if rows or len(run) != 1 or not run[0].covers_file:
-                        recorder.file(
-                            file.path,
-                            rows,
-                            drop=decision.drop,
-                            touched_mtime=file.mtime_ns if decision.touched else None,
-                            run=run,
-                        )
-                    for task in run:
-                        batcher.add(task)
-        finally:
-            reader.close()
+    def _planned(self, files: Discovery, plan: Plan, done: bool, progress: Progress) -> None:
+        """After each step of planning: the progress totals; at the end, the plan's line
+        and discovery's warnings."""
+        progress.set_totals(plan.n_run, plan.run_bytes)
+        if not done:
+            return
+        log.info(
+            "%s: %d task(s) to run (%s), %d unchanged",
+            self.cfg.name,
+            plan.n_run,
+            _reason_text(plan),
+            plan.n_skip,
+        )
         report_discovery(files)
-        return plan
 
-    def _executor_kind(self, plan: Plan) -> str:
+    def _budget(self, plan: Plan, planned: bool) -> int | None:
+        """The error budget; a percentage of a plan still being made is not known yet."""
+        limit = self.cfg.execution.max_failures
+        if isinstance(limit, str) and not planned:
+            return None
+        return self.cfg.max_failures_for(plan.n_run)
+
+    def _executor_kind(self, feed: PlanFeed) -> str:
         """``process``, unless the work is so small that starting a pool (50-100 ms) would
         cost more than it saves: with ``workers: auto`` and no ``call`` step (no foreign
-        code that could crash or hang the main process) such a job runs in-process."""
+        code that could crash or hang the main process) such a job runs in-process. Only
+        a plan made to the end can be that small (``feed.plan_until``)."""
         kind = self.cfg.execution.executor
+        plan = feed.plan
         if kind != "process" or self.cfg.execution.workers != "auto" or not plan.n_run:
             return kind
         if any("call" in step for step in self.cfg.step_specs()):
             return kind
-        estimate = plan.run_bytes / TINY_RATE + plan.n_run * TINY_PER_TASK_S
-        if estimate >= TINY_JOB_S:
+        if not feed.done or _estimate_s(plan) >= TINY_JOB_S:
             return kind
         log.info(
             "small job (%d task(s), %s): running in-process, not on a worker pool",
@@ -457,6 +460,11 @@ class Run:
         for line in summary_lines(report, stats, str(self.out_dir)):
             log.info("%s", line)  # on the console unless --quiet; always in --log-file
         return RunResult(exit_code, report, stats)
+
+
+def _estimate_s(plan: Plan) -> float:
+    """Rough seconds of work in the tasks planned to run (for the tiny-job rule)."""
+    return plan.run_bytes / TINY_RATE + plan.n_run * TINY_PER_TASK_S
 
 
 def _iso(timestamp: float) -> str:

@@ -7,7 +7,9 @@ batches lazily and keeps a bounded number in flight, so a million files never be
 million queued tasks. ``should_stop`` is polled between results: when it turns true the executor
 submits nothing more, lets what is in flight finish (or abandons it on ``stop_now``) and
 returns. Retries, timeouts and crashed workers are the executor's business, so the
-runner's loop is the same for every executor.
+runner's loop is the same for every executor. ``background`` is work for the calling
+thread while it would otherwise wait for results (the rest of the plan): called in small
+steps until it returns False.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Outcome:
 
 OnOutcome = Callable[[Outcome], None]
 StopCheck = Callable[[], bool]
+Background = Callable[[], bool]  # a step of main-thread work; False once none is left
 
 
 def settle(
@@ -65,6 +68,7 @@ class Executor(Protocol):
         on_outcome: OnOutcome,
         should_stop: StopCheck,
         stop_now: StopCheck,
+        background: Background | None = None,
     ) -> None: ...
 
     def describe(self) -> str: ...

@@ -41,12 +41,20 @@ from typing import Any
 
 from pipeline import worker
 from pipeline.errors import ExecutionError
-from pipeline.executors.base import ExecutorOptions, OnOutcome, Outcome, StopCheck, settle
+from pipeline.executors.base import (
+    Background,
+    ExecutorOptions,
+    OnOutcome,
+    Outcome,
+    StopCheck,
+    settle,
+)
 from pipeline.models import Batch, TaskResult
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.1
+WINDOW_PER_WORKER = 2  # batches in flight per worker
 JOIN_GRACE_S = 5.0
 MAX_BARREN_POOLS = 3  # pools in a row that died before finishing any task
 
@@ -159,18 +167,36 @@ class Fault:
 
 class _Schedule:
     """Which batch goes next, what is in flight, and when the work is over. Thread-safe:
-    under ``imap`` the Pool's task thread pulls from it while the main thread retires."""
+    under ``imap`` the Pool's task thread takes batches while the main thread retires
+    them. Only the main thread pulls from ``batches`` (the plan may be made as it is
+    pulled, on the ledger's connection): with ``prefetch`` it queues them (``refill``)
+    for the task thread to take."""
 
-    def __init__(self, batches: Iterator[Batch], window: int, retries: int) -> None:
+    def __init__(
+        self, batches: Iterator[Batch], window: int, retries: int, prefetch: bool = False
+    ) -> None:
         self._source = batches
         self._exhausted = False
         self._retry: deque[tuple[Batch, int]] = deque()
+        self._queued: deque[Batch] = deque()
+        self._prefetch = prefetch
         self.in_flight: dict[str, tuple[Batch, int]] = {}
         self.window = window
         self.retries = retries
         self.stopping = False
         self.completed = 0
         self._changed = threading.Condition()
+
+    def refill(self) -> None:
+        """Main thread, with ``prefetch``: queue up to a window of batches."""
+        while not self._exhausted and not self.stopping and len(self._queued) < self.window:
+            batch = next(self._source, None)
+            with self._changed:
+                if batch is None:
+                    self._exhausted = True
+                else:
+                    self._queued.append(batch)
+                self._changed.notify_all()
 
     def take(self, alive: Callable[[], bool] | None = None) -> tuple[Batch, int] | None:
         """The next batch to submit now, or None when the window is full or nothing is left
@@ -182,7 +208,9 @@ class _Schedule:
                 return None
             if self._retry:
                 batch, attempt = self._retry.popleft()
-            elif self._exhausted:
+            elif self._queued:
+                batch, attempt = self._queued.popleft(), 1
+            elif self._exhausted or self._prefetch:
                 return None
             else:
                 batch = next(self._source, None)
@@ -255,7 +283,9 @@ class _Schedule:
             self._changed.notify_all()
 
     def finished(self) -> bool:
-        return not self.in_flight and (self.stopping or (self._exhausted and not self._retry))
+        return not self.in_flight and (
+            self.stopping or (self._exhausted and not self._retry and not self._queued)
+        )
 
 
 class _Watch:
@@ -305,6 +335,22 @@ class _Watch:
         return None
 
 
+class _Idle:
+    """The main thread's spare time while results are awaited: ``background`` work (the
+    plan made ahead) in small steps, the results polled between them; a blocking wait of
+    up to a tick once there is none left (or the run is stopping)."""
+
+    def __init__(self, background: Background | None) -> None:
+        self._background = background
+
+    def wait(self, schedule: _Schedule) -> float:
+        return 0.0 if self._background is not None and not schedule.stopping else TICK_S
+
+    def work(self, schedule: _Schedule) -> None:
+        if self._background is not None and not schedule.stopping and not self._background():
+            self._background = None
+
+
 class ProcessExecutor:
     def __init__(self, options: ExecutorOptions) -> None:
         self.options = options
@@ -328,8 +374,13 @@ class ProcessExecutor:
         on_outcome: OnOutcome,
         should_stop: StopCheck,
         stop_now: StopCheck,
+        background: Background | None = None,
     ) -> None:
-        schedule = _Schedule(batches, 2 * self.options.workers, self.options.retries)
+        imap = self.options.submit == "imap"
+        schedule = _Schedule(
+            batches, WINDOW_PER_WORKER * self.options.workers, self.options.retries, imap
+        )
+        idle = _Idle(background)
         stop_deadline: list[float] = []
         barren = 0
         while True:
@@ -337,9 +388,9 @@ class ProcessExecutor:
             watch = _Watch(pool, self.options.job.parts_dir, self.options.timeout)
             completed_before = schedule.completed
             try:
-                drive = self._drive_imap if self.options.submit == "imap" else self._drive_async
+                drive = self._drive_imap if imap else self._drive_async
                 fault = drive(
-                    pool, watch, schedule, on_outcome, should_stop, stop_now, stop_deadline
+                    pool, watch, schedule, on_outcome, should_stop, stop_now, stop_deadline, idle
                 )
             except BaseException:
                 abandon_pool(pool)
@@ -395,6 +446,7 @@ class ProcessExecutor:
         should_stop: StopCheck,
         stop_now: StopCheck,
         stop_deadline: list[float],
+        idle: _Idle,
     ) -> Fault | None:
         results: queue.SimpleQueue[tuple[Batch, Any, bool]] = queue.SimpleQueue()
 
@@ -417,8 +469,9 @@ class ProcessExecutor:
             if isinstance(verdict, Fault):
                 return verdict
             try:
-                batch, value, ok = results.get(timeout=TICK_S)
+                batch, value, ok = results.get(timeout=idle.wait(schedule))
             except queue.Empty:
+                idle.work(schedule)
                 continue
             if ok:
                 outcome = schedule.retire(*value)
@@ -437,6 +490,7 @@ class ProcessExecutor:
         should_stop: StopCheck,
         stop_now: StopCheck,
         stop_deadline: list[float],
+        idle: _Idle,
     ) -> Fault | None:
         feeding = threading.Event()
         feeding.set()
@@ -445,9 +499,11 @@ class ProcessExecutor:
             while (item := schedule.take_blocking(feeding.is_set)) is not None:
                 yield item[0]
 
+        schedule.refill()
         results = pool.imap_unordered(worker.pool_run, feed(), chunksize=1)
         try:
             while True:
+                schedule.refill()
                 verdict = self._between_results(
                     watch, schedule, should_stop, stop_now, stop_deadline
                 )
@@ -456,8 +512,9 @@ class ProcessExecutor:
                 if isinstance(verdict, Fault):
                     return verdict
                 try:
-                    batch_id, batch_results = results.next(timeout=TICK_S)
+                    batch_id, batch_results = results.next(timeout=idle.wait(schedule))
                 except multiprocessing.TimeoutError:
+                    idle.work(schedule)
                     continue
                 except StopIteration:
                     return None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
-from pipeline.executors.base import ExecutorOptions, OnOutcome, StopCheck, settle
+from pipeline.executors.base import Background, ExecutorOptions, OnOutcome, StopCheck, settle
 from pipeline.models import Batch
 from pipeline.worker import TaskRunner
 
@@ -24,6 +24,7 @@ class SerialExecutor:
         on_outcome: OnOutcome,
         should_stop: StopCheck,
         stop_now: StopCheck,
+        background: Background | None = None,  # nothing to wait for: batches plan as pulled
     ) -> None:
         runner = TaskRunner(self.options.job)
         retries: deque[tuple[Batch, int]] = deque()

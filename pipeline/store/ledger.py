@@ -458,8 +458,19 @@ class Ledger:
     @contextlib.contextmanager
     def recording_plan(self, result_key: str, run_id: int) -> Iterator[PlanRecorder]:
         """Record a plan, file by file, in one transaction: all of it or nothing."""
-        with self._transaction() as db:
-            recorder = PlanRecorder(db, result_key, run_id)
+        with self.recording(self.plan_recorder(result_key, run_id)) as recorder:
+            yield recorder
+
+    def plan_recorder(self, result_key: str, run_id: int) -> PlanRecorder:
+        """A recorder for a plan made step by step (each step in ``recording``)."""
+        return PlanRecorder(self._db, result_key, run_id)
+
+    @contextlib.contextmanager
+    def recording(self, recorder: PlanRecorder) -> Iterator[PlanRecorder]:
+        """A part of a plan recorded in one transaction, its batch edits applied at the
+        end. Each step stands on its own: a plan interrupted between steps leaves every
+        file either planned or untouched, and the next run plans the rest."""
+        with self._transaction():
             yield recorder
             recorder.flush()
 
