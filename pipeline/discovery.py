@@ -268,12 +268,13 @@ class Discovery:
             if not stat.S_ISREG(st.st_mode):
                 self.skipped.append(SkippedInput(path, f"skipped: {_kind(st.st_mode)}"))
                 continue
-            identity = _identity(st)
-            if identity in seen:
-                log.debug("%s: same file as an earlier path, skipped", path)
-                continue
-            if several or st.st_nlink > 1 or identity in targets:
-                seen.add(identity)  # one of two paths to it: remember it
+            if seen or targets or several or st.st_nlink > 1:  # else: one path to it
+                identity = _identity(st)
+                if identity in seen:
+                    log.debug("%s: same file as an earlier path, skipped", path)
+                    continue
+                if several or st.st_nlink > 1 or identity in targets:
+                    seen.add(identity)  # one of two paths to it: remember it
             yield InputFile(path, st.st_size, st.st_mtime_ns, compression_of(path))
 
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 COMPRESSED_SUFFIXES = {".gz": "gz", ".bz2": "bz2", ".xz": "xz", ".zst": "zst"}
 
 
-@dataclass(frozen=True, slots=True)
-class InputFile:
-    """A file found by discovery, with the fingerprint taken at discovery time."""
+class InputFile(NamedTuple):
+    """A file found by discovery, with the fingerprint taken at discovery time. (A named
+    tuple: one is built per input file, four times faster than a frozen dataclass.)"""
 
     path: str
     size: int
@@ -49,9 +49,13 @@ def covers_file(offset: int, length: int | None, size: int) -> bool:
     return offset == 0 and (length is None or length == size)
 
 
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    """One unit of work: a byte range of a file, or a whole file (``length is None``)."""
+class TaskSpec(NamedTuple):
+    """One unit of work: a byte range of a file, or a whole file (``length is None``).
+
+    A named tuple, not a frozen dataclass: tasks are built by the tens of thousands in the
+    main process (planning, the spool) and again in workers (unpickling), and a tuple is
+    built four times faster. Compare tasks with tasks only (a tuple of the same values
+    would compare equal too)."""
 
     task_id: str
     path: str
@@ -62,23 +66,9 @@ class TaskSpec:
     compression: str | None = None
     reason: str = "new"
 
-    def __reduce__(self) -> tuple[type[TaskSpec], tuple[Any, ...]]:
-        # Every task crosses to a worker: a constructor call unpickles in half the time of
-        # the default (which sets each slot of a frozen instance one by one).
-        return TaskSpec, self.fields()
-
     def fields(self) -> tuple[Any, ...]:
         """The constructor's arguments: ``TaskSpec(*task.fields()) == task``."""
-        return (
-            self.task_id,
-            self.path,
-            self.offset,
-            self.length,
-            self.size,
-            self.mtime_ns,
-            self.compression,
-            self.reason,
-        )
+        return tuple(self)
 
     @property
     def covers_file(self) -> bool:

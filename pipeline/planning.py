@@ -8,7 +8,6 @@ tasks of new or changed files, and never invalidates results.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import marshal
 import os
@@ -17,7 +16,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import IO
+from typing import IO, NamedTuple
 
 from pipeline.chunking import is_splittable, split_ranges
 from pipeline.digest import file_digest
@@ -31,13 +30,12 @@ REASONS = ("new", "changed", "config-changed", "failed-before", "interrupted", "
 def task_id(
     path: str, offset: int, length: int | None, size: int, mtime_ns: int, result_key: str
 ) -> str:
-    fields = f"\0{offset}\0{length}\0{size}\0{mtime_ns}\0{result_key}".encode()
-    return hashlib.blake2b(os.fsencode(path) + fields, digest_size=16).hexdigest()
+    text = f"{path}\0{offset}\0{length}\0{size}\0{mtime_ns}\0{result_key}"
+    return hashlib.blake2b(os.fsencode(text), digest_size=16).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class FileDecision:
-    """What planning decided for one file."""
+class FileDecision(NamedTuple):
+    """What planning decided for one file (one per input file: a named tuple, cheap)."""
 
     file: InputFile
     run: list[TaskSpec]
@@ -66,13 +64,20 @@ class Plan:
     def add(self, decision: FileDecision) -> None:
         self.n_files += 1
         counts = self.reason_counts
-        for task in decision.run:
+        run, skip = decision.run, decision.skip
+        if len(run) == 1 and not skip:  # the usual case, in short
+            task = run[0]
             counts[task.reason] = counts.get(task.reason, 0) + 1
-            self.run_bytes += _task_bytes(task)
-        for task in decision.skip:
-            counts[task.reason] = counts.get(task.reason, 0) + 1
-        self.n_run += len(decision.run)
-        self.n_skip += len(decision.skip)
+            self.run_bytes += task.size if task.length is None else task.length
+            self.n_run += 1
+        else:
+            for task in run:
+                counts[task.reason] = counts.get(task.reason, 0) + 1
+                self.run_bytes += _task_bytes(task)
+            for task in skip:
+                counts[task.reason] = counts.get(task.reason, 0) + 1
+            self.n_run += len(run)
+            self.n_skip += len(skip)
         if self.keep:
             self.run.extend(decision.run)
             self.skip.extend(decision.skip)
@@ -89,19 +94,22 @@ def new_tasks(
     file: InputFile, fmt: str, chunk_size: int, result_key: str, reason: str
 ) -> list[TaskSpec]:
     """Cut a file into range tasks, or one whole-file task when it cannot be split."""
-    if is_splittable(fmt, file.compression):
-        ranges: Iterable[tuple[int, int | None]] = split_ranges(file.size, chunk_size)
+    path, size, mtime_ns, compression = file
+    if not is_splittable(fmt, compression):
+        ranges: Iterable[tuple[int, int | None]] = [(0, None)]
+    elif size <= chunk_size:  # the usual case, without the general cut
+        ranges = [(0, size)]
     else:
-        ranges = [(0, None)]
+        ranges = split_ranges(size, chunk_size)
     return [
         TaskSpec(
-            task_id(file.path, offset, length, file.size, file.mtime_ns, result_key),
-            file.path,
+            task_id(path, offset, length, size, mtime_ns, result_key),
+            path,
             offset,
             length,
-            file.size,
-            file.mtime_ns,
-            file.compression,
+            size,
+            mtime_ns,
+            compression,
             reason,
         )
         for offset, length in ranges
@@ -139,6 +147,11 @@ class Planner:
 
     def decide(self, file: InputFile, rows: Sequence[TaskRow]) -> FileDecision:
         full, result_key = self.full, self.result_key
+        if not rows:  # a file the ledger has never seen: the usual case of a first run
+            reason = "full" if full else "new"
+            return FileDecision(
+                file, new_tasks(file, self.fmt, self.chunk_size, result_key, reason), []
+            )
         same_input = bool(rows) and all(
             r.size == file.size and r.mtime_ns == file.mtime_ns for r in rows
         )
@@ -154,7 +167,7 @@ class Planner:
                 reason = _reuse_reason(row, part_sizes, self.parts_dir or "")
                 spec = row.spec(reason)
                 if touched:  # the file as it is now (the row takes its new mtime too)
-                    spec = dataclasses.replace(spec, mtime_ns=file.mtime_ns)
+                    spec = spec._replace(mtime_ns=file.mtime_ns)
                 (skip if reason == "unchanged" else run).append(spec)
             # a whole file re-run is replaced whole by its new result (maybe in a batch row)
             drop = bool(run) and len(rows) == 1 and _covers(rows[0])

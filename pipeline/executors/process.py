@@ -335,6 +335,21 @@ class _Watch:
         return None
 
 
+class QuietPool(multiprocessing.pool.Pool):
+    """A ``Pool`` whose worker-maintenance thread sleeps while results flow.
+
+    The stdlib thread waits on the workers' sentinels, its change notifier and the result
+    pipe; a result waiting in that pipe wakes it again and again (it does not read the
+    pipe; the result thread does), so it spins, taking the GIL from the main thread, until
+    every result is read: 0.05-0.1 s of CPU for 80 batches of small files (CPython
+    3.8-3.13, ``Pool._get_sentinels``). It has nothing to do with results: it acts on a
+    worker's exit (its sentinel) and on ``close``, ``terminate`` or an emptied task cache
+    (each puts a note in the change notifier), which are what it now waits for."""
+
+    def _get_sentinels(self) -> list[Any]:
+        return [self._change_notifier._reader]  # type: ignore[attr-defined]
+
+
 class _Idle:
     """The main thread's spare time while results are awaited: ``background`` work (the
     plan made ahead) in small steps, the results polled between them; a blocking wait of
@@ -364,8 +379,8 @@ class ProcessExecutor:
     def _new_pool(self) -> multiprocessing.pool.Pool:
         context = get_context(self.options.start_method)
         with helpers_shielded(context):
-            return context.Pool(
-                self.options.workers, initializer=worker.init_worker, initargs=(self.options.job,)
+            return QuietPool(
+                self.options.workers, worker.init_worker, (self.options.job,), context=context
             )
 
     def run(

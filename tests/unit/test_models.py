@@ -11,7 +11,7 @@ from pipeline.models import Batch, PackedTasks, TaskResult, TaskSpec
 def test_task_spec_and_batch_round_trip_every_field() -> None:
     mtime = 1_700_000_000_123_456_789
     spec = TaskSpec("id", "/d/caf\udce9.log", 8, 100, 900, mtime, "gz", "changed")
-    other = dataclasses.replace(spec, task_id="id2", length=None, compression=None)
+    other = spec._replace(task_id="id2", length=None, compression=None)
     batch = Batch.of((spec, other))
     for value in (spec, other, batch):
         for protocol in (2, pickle.HIGHEST_PROTOCOL):

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.digest import file_digest
 from pipeline.models import Batch, InputFile, TaskSpec
@@ -574,3 +576,38 @@ def test_a_touched_small_file_with_the_same_bytes_is_unchanged(tmp_path: Path) -
     no_digest = dataclasses.replace(row, content=None)  # a big file: no content check
     p = plan([touched], {touched.path: [no_digest]}, parts_dir=tmp_path)
     assert [t.reason for t in p.run] == ["changed"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=1200), max_size=300),
+    takes=st.lists(st.booleans(), min_size=300, max_size=300),
+    spool_after=st.sampled_from([0, 10, 4096]),
+)
+def test_batches_taken_while_planning_keep_the_rule(
+    tmp_path_factory: pytest.TempPathFactory, sizes: list[int], takes: list[bool], spool_after: int
+) -> None:
+    """Batches taken as soon as they exist (the run executes while it plans) are the
+    batches of the whole plan: the small ones in the same order and grouping, each task
+    once, and the big ones, largest first, as soon as the plan is over."""
+    files = [InputFile(f"/d/f{i:04d}.log", size, MTIME) for i, size in enumerate(sizes)]
+    p = make_plan(files, {}, fmt="lines", chunk_size=800, result_key=KEY, parts_dir=None)
+    batcher = Batcher(2, 800, spool_dir=str(tmp_path_factory.mktemp("spool")))
+    batcher.SPOOL_AFTER = spool_after
+    taken: list[Batch] = []
+    for task, take in zip(p.run, takes, strict=False):
+        batcher.add(task)
+        while take and (batch := batcher.take()) is not None:
+            taken.append(batch)
+    before_end = len(taken)
+    batcher.finish()
+    while (batch := batcher.take()) is not None:
+        taken.append(batch)
+    batcher.close()
+    expected = reference_batches(p.run, 2, 800)
+    n_big = sum(1 for t in p.run if (t.size if t.length is None else t.length) >= 100)
+    big = expected[:n_big]
+    small = expected[n_big:]
+    assert taken[before_end : before_end + n_big] == big  # first once the plan is over
+    assert taken[:before_end] + taken[before_end + n_big :] == small
+    assert sorted(t.task_id for b in taken for t in b.tasks) == sorted(t.task_id for t in p.run)

@@ -1,0 +1,175 @@
+"""Runs that execute while they plan: with small planning steps and small batches, the
+first batches reach the workers long before the plan is over, and results are committed
+between the plan's own ledger transactions. The store must still be the one a plain
+``--full`` run makes, after edits too, and a stop in the middle of planning must leave a
+store the next run completes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import planning
+from pipeline.config import load_config
+from pipeline.planfeed import PlanFeed
+from pipeline.runner import Run, RunOptions, RunResult
+from tests.integration.helpers import run_cli, write_config
+
+pytestmark = pytest.mark.timeout(180)
+
+N_FILES = 600
+
+
+def write_file(path: Path, i: int, salt: str = "") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = "".join(
+        f"10.0.{i % 250}.{j} GET /p{j}{salt} {200 + (i + j) % 3} {i * 10 + j}\n"
+        for j in range(i % 5 + 1)
+    )
+    path.write_text(lines)
+
+
+def input_path(data: Path, i: int) -> Path:
+    return data / f"d{i % 7}" / f"f{i:04d}.log"
+
+
+def config(tmp_path: Path, out: str, submit: str = "async", executor: str = "process") -> Path:
+    body: dict[str, Any] = {
+        "name": "feed",
+        "input": {"paths": ["data/**/*.log"], "format": "lines"},
+        "steps": [
+            {"regex": r"^(?P<ip>\S+) (?P<method>\S+) (?P<path>\S+) (?P<status>\d+) (?P<n>\d+)$"},
+            {"types": {"status": "int", "n": "int"}},
+        ],
+        "stats": {"lines": {"count": True}, "total": {"sum": "n"}, "by": {"count_by": "status"}},
+        "output": {"dir": out, "records": "jsonl"},
+        "execution": {"executor": executor, "workers": 2, "submit": submit},
+    }
+    return write_config(tmp_path, body, name=f"{out}.yaml")
+
+
+class FeedWatch:
+    """Records, for every batch handed out and every planning step, whether the plan was
+    over and which thread asked."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.handed_before_done = 0
+        self.handed = 0
+        self.threads: set[str] = set()
+        real_next, real_step = PlanFeed.__next__, PlanFeed.step
+
+        def watched_next(feed: PlanFeed) -> Any:
+            batch = real_next(feed)
+            self.handed += 1
+            self.handed_before_done += not feed.done
+            self.threads.add(threading.current_thread().name)
+            return batch
+
+        def watched_step(feed: PlanFeed) -> None:
+            self.threads.add(threading.current_thread().name)
+            real_step(feed)
+
+        monkeypatch.setattr(PlanFeed, "__next__", watched_next)
+        monkeypatch.setattr(PlanFeed, "step", watched_step)
+
+
+@pytest.fixture
+def small_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plan 7 files a step; batches of at most 4 small tasks, released after 64."""
+    monkeypatch.setattr(PlanFeed, "STEP_FILES", 7)
+    monkeypatch.setattr(planning, "MAX_PER_BATCH", 4)
+
+
+def run_in_process(cfg_path: Path, full: bool = False) -> RunResult:
+    cfg = load_config(cfg_path)
+    return Run(cfg, RunOptions(full=full, progress="none", quiet=True)).execute()
+
+
+def assert_same_store(out: Path, reference: Path) -> None:
+    assert (out / "records.jsonl").read_bytes() == (reference / "records.jsonl").read_bytes()
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats == json.loads((reference / "stats.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    assert report["records"] == json.loads((reference / "report.json").read_text())["records"]
+
+
+@pytest.mark.parametrize("submit", ["async", "imap"])
+@pytest.mark.usefixtures("small_steps")
+def test_a_run_that_executes_while_planning_gives_the_plain_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, submit: str
+) -> None:
+    data = tmp_path / "data"
+    for i in range(N_FILES):
+        write_file(input_path(data, i), i)
+    watch = FeedWatch(monkeypatch)
+    cfg = config(tmp_path, "out", submit)
+    first = run_in_process(cfg)
+    assert first.exit_code == 0
+    assert first.report["tasks"]["done"] == N_FILES
+    assert watch.handed_before_done > 10  # the workers had batches long before the end
+    assert watch.threads == {"MainThread"}  # imap's feeder thread never plans
+
+    # edits: other bytes, a touch with the same bytes, new files; then a re-run
+    for i in range(0, N_FILES, 9):
+        write_file(input_path(data, i), i, salt="x")
+    for i in range(4, N_FILES, 31):
+        path = input_path(data, i)
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    for i in range(N_FILES, N_FILES + 40):
+        write_file(input_path(data, i), i)
+    watch.handed_before_done = 0
+    second = run_in_process(cfg)
+    assert second.exit_code == 0
+    changed = len(range(0, N_FILES, 9)) + 40
+    assert second.report["tasks"]["done"] == changed
+    assert second.report["tasks"]["skipped"] == N_FILES - len(range(0, N_FILES, 9))
+
+    reference = run_cli("run", str(config(tmp_path, "reference", submit)), "--progress", "none")
+    assert reference.returncode == 0, reference.stderr
+    assert_same_store(tmp_path / "out", tmp_path / "reference")
+
+
+@pytest.mark.usefixtures("small_steps")
+def test_a_stop_while_planning_leaves_a_store_the_next_run_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    for i in range(N_FILES):
+        write_file(input_path(data, i), i)
+    cfg = config(tmp_path, "out")
+    assert run_in_process(cfg).exit_code == 0
+    for i in range(0, N_FILES, 3):  # a third changes: old rows dropped as planned
+        write_file(input_path(data, i), i, salt="y")
+
+    steps = [0]
+    real_step = PlanFeed.step
+
+    def step_then_interrupt(feed: PlanFeed) -> None:
+        real_step(feed)
+        steps[0] += 1
+        if steps[0] == 30:  # well before the end (600 files, 7 a step)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(PlanFeed, "step", step_then_interrupt)
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        stopped = run_in_process(cfg)
+    assert stopped.exit_code == 130
+    assert stopped.report["status"] == "interrupted"
+    planned = stopped.report["tasks"]["total"]
+    assert 0 < planned < N_FILES
+    assert "stopped while planning" in caplog.text
+
+    monkeypatch.setattr(PlanFeed, "step", real_step)
+    resumed = run_in_process(cfg)
+    assert resumed.exit_code == 0
+    assert resumed.report["tasks"]["done"] + resumed.report["tasks"]["skipped"] == N_FILES
+    reference = run_cli("run", str(config(tmp_path, "reference")), "--progress", "none")
+    assert reference.returncode == 0, reference.stderr
+    assert_same_store(tmp_path / "out", tmp_path / "reference")
