@@ -211,8 +211,9 @@ class Run:
                 run_id,
                 lambda plan, done: self._planned(files, plan, done, progress),
             )
-            # Enough of the plan to choose the executor; the rest is made while it runs.
-            feed.plan_until(lambda plan: _estimate_s(plan) >= TINY_JOB_S)
+            if self._may_run_in_process():
+                # Enough of the plan to choose the executor; the rest is made while it runs.
+                feed.plan_until(lambda plan: _estimate_s(plan) >= TINY_JOB_S)
             plan = feed.plan
             kind = self._executor_kind(feed)
             executor = make_executor(
@@ -308,11 +309,9 @@ class Run:
         a plan made to the end can be that small (``feed.plan_until``)."""
         kind = self.cfg.execution.executor
         plan = feed.plan
-        if kind != "process" or self.cfg.execution.workers != "auto" or not plan.n_run:
+        if not self._may_run_in_process() or not feed.done or not plan.n_run:
             return kind
-        if any("call" in step for step in self.cfg.step_specs()):
-            return kind
-        if not feed.done or _estimate_s(plan) >= TINY_JOB_S:
+        if _estimate_s(plan) >= TINY_JOB_S:
             return kind
         log.info(
             "small job (%d task(s), %s): running in-process, not on a worker pool",
@@ -320,6 +319,15 @@ class Run:
             format_size(plan.run_bytes),
         )
         return "serial"
+
+    def _may_run_in_process(self) -> bool:
+        """Whether the tiny-job rule may apply (``_executor_kind``)."""
+        execution = self.cfg.execution
+        return (
+            execution.executor == "process"
+            and execution.workers == "auto"
+            and not any("call" in step for step in self.cfg.step_specs())
+        )
 
     def _start_manager(self) -> SyncManager:
         # A fresh random key per run: only this run's processes can talk to its Manager.

@@ -113,7 +113,8 @@ def test_a_run_that_executes_while_planning_gives_the_plain_store(
     first = run_in_process(cfg)
     assert first.exit_code == 0
     assert first.report["tasks"]["done"] == N_FILES
-    assert watch.handed_before_done > 10  # the workers had batches long before the end
+    # the first window of batches (2 per worker) left while most files were unplanned
+    assert watch.handed_before_done >= 4
     assert watch.threads == {"MainThread"}  # imap's feeder thread never plans
 
     # edits: other bytes, a touch with the same bytes, new files; then a re-run
