@@ -206,6 +206,12 @@ def _text(value: str | None) -> str | None:
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+# Page caches (KiB, negative as SQLite wants them; 2 MiB by default): rows are written and
+# read in key order, so a small cache does; the main process stays small and flat.
+WRITER_CACHE_KIB = -1024
+READER_CACHE_KIB = -256
+
+
 class Ledger:
     """A connection to ``ledger.sqlite``; use from one thread only."""
 
@@ -224,6 +230,7 @@ class Ledger:
                 os.chmod(self.path, 0o644)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(f"PRAGMA cache_size = {WRITER_CACHE_KIB}")
                 self._db.executescript(_SCHEMA)
                 columns = {r[1] for r in self._db.execute("PRAGMA table_info(tasks)")}
                 if "part_offset" not in columns:  # a ledger from before batching
@@ -490,6 +497,7 @@ class Ledger:
         other = Ledger.__new__(Ledger)
         other.path = self.path
         other._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+        other._db.execute(f"PRAGMA cache_size = {READER_CACHE_KIB}")
         other._db.execute("BEGIN")
         return other
 
