@@ -211,9 +211,11 @@ class Run:
                 run_id,
                 lambda plan, done: self._planned(files, plan, done, progress),
             )
+            # Enough of the plan to choose the executor; the rest is made while it runs.
             if self._may_run_in_process():
-                # Enough of the plan to choose the executor; the rest is made while it runs.
                 feed.plan_until(lambda plan: _estimate_s(plan) >= TINY_JOB_S)
+            else:
+                feed.plan_until(lambda plan: plan.n_run > 0)  # no pool for nothing to do
             plan = feed.plan
             kind = self._executor_kind(feed)
             executor = make_executor(
@@ -233,7 +235,7 @@ class Run:
                 choose_mode(self.options.progress, self.options.quiet), plan.n_run, plan.run_bytes
             )
             live = self._live_stats(manager)
-            if plan.n_run:
+            if plan.n_run or not feed.done:
                 log.info("executor: %s", executor.describe())
 
             def on_outcome(outcome: Outcome) -> None:
@@ -309,7 +311,9 @@ class Run:
         a plan made to the end can be that small (``feed.plan_until``)."""
         kind = self.cfg.execution.executor
         plan = feed.plan
-        if not self._may_run_in_process() or not feed.done or not plan.n_run:
+        if feed.done and not plan.n_run:
+            return "serial"  # nothing to run: no pool, no Manager
+        if not self._may_run_in_process() or not feed.done:
             return kind
         if _estimate_s(plan) >= TINY_JOB_S:
             return kind

@@ -26,7 +26,7 @@ class SerialExecutor:
         stop_now: StopCheck,
         background: Background | None = None,  # nothing to wait for: batches plan as pulled
     ) -> None:
-        runner = TaskRunner(self.options.job)
+        runner: TaskRunner | None = None  # built for the first batch (none: no plugin import)
         retries: deque[tuple[Batch, int]] = deque()
         while not should_stop():
             if retries:
@@ -35,6 +35,8 @@ class SerialExecutor:
                 attempt = 1
             else:
                 return
+            if runner is None:
+                runner = TaskRunner(self.options.job)
             results = runner.run_batch(batch)
             outcome, retry = settle(batch, results, attempt, self.options.retries, should_stop())
             if outcome is not None:
