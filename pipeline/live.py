@@ -46,22 +46,23 @@ class LiveStats:
         return self._partials
 
     def add(self, results: Sequence[TaskResult]) -> None:
-        """Committed results (a batch's): one merge for all of them. Files the worker
-        packed bring their merge with them (``TaskResult.packed``)."""
+        """Committed results (a batch's): one merge for all of them. A result carrying
+        ``packed`` stands for the batch's packed files, with their merge and totals."""
         done = [r for r in results if r.ok]
-        packed = next((r.packed for r in done if r.packed is not None), None)
-        if packed is None:
-            partials = [r.partials for r in done]
-        else:
-            partials = [r.partials for r in done if r.task_id not in packed.task_ids]
-            partials.append(packed.merged)
+        partials = [r.packed.merged if r.packed is not None else r.partials for r in done]
         if partials:
             self._partials = aggregates.merge_many(self._specs, [self._partials, *partials])
         counts = self._counts
-        counts["tasks_done"] += len(done)
-        counts["tasks_failed"] += len(results) - len(done)
-        counts["records_in"] += sum(r.records_in for r in results)
-        counts["records_out"] += sum(r.records_out for r in results)
+        for r in results:
+            if r.packed is not None:
+                files, records_in, records_out = r.packed.totals[:3]
+                counts["tasks_done"] += files
+                counts["records_in"] += records_in
+                counts["records_out"] += records_out
+            else:
+                counts["tasks_done" if r.ok else "tasks_failed"] += 1
+                counts["records_in"] += r.records_in
+                counts["records_out"] += r.records_out
         if time.monotonic() - self._published >= self._publish_every:
             self.publish()
 

@@ -132,6 +132,11 @@ class PackedTasks:
     first_path: bytes
     totals: tuple[int, ...]  # files, records in/out, malformed, undecodable, bytes read, part
     part: str | None
+    row_id: str  # the batch row's key (``packing.row_id``)
+
+    @property
+    def files(self) -> int:
+        return self.totals[0]
 
 
 @dataclass(slots=True)

@@ -352,10 +352,19 @@ class Run:
         """A batch's final results: one ledger transaction, then the live view and progress."""
         tasks = {t.task_id: t for t in outcome.batch.tasks}
         ledger.commit_tasks(tasks, outcome.results, outcome.attempts, run_id, self.result_key)
-        nbytes = failed = 0
+        nbytes = failed = n_tasks = 0
         for result in outcome.results:
+            packed = result.packed
+            if packed is not None:  # it stands for the batch's packed files, all done
+                nbytes += sum(tasks[task_id].size for task_id in packed.task_ids)
+                n_tasks += packed.files
+                self.state.done += packed.files
+                self.state.records += packed.totals[1]
+                self.state.bytes_read += packed.totals[5]
+                continue
             task = tasks[result.task_id]
             nbytes += task.size if task.length is None else task.length
+            n_tasks += 1
             if result.ok:
                 self.state.done += 1
             else:
@@ -364,7 +373,7 @@ class Run:
             self.state.records += result.records_in
             self.state.bytes_read += result.bytes_read
         live.add(outcome.results)
-        progress.advance(nbytes, len(outcome.results), failed)
+        progress.advance(nbytes, n_tasks, failed)
 
     def _record_failure(self, task: TaskSpec, result: TaskResult, attempts: int) -> None:
         self.state.failed += 1

@@ -33,7 +33,7 @@ from pipeline.digest import reads_small_file
 from pipeline.heap import keep_freed_heap
 from pipeline.models import Batch, JobSpec, TaskResult, TaskSpec
 from pipeline.readers import check_unchanged
-from pipeline.store.packing import pack_tasks
+from pipeline.store.packing import pack_tasks, slim_results
 from pipeline.store.parts import TMP_DIR, part_writer
 
 PARENT_GONE_EXIT = 70
@@ -335,12 +335,7 @@ def pool_run(batch: Batch) -> tuple[str, list[TaskResult]]:
         results = runner.run_batch(batch)
     finally:
         announcer.idle()
-    packed = next((r.packed for r in results if r.packed is not None), None)
-    if packed is not None:  # the packed merge stands for them: no need to send them twice
-        for result in results:
-            if result.task_id in packed.task_ids:
-                result.partials = {}
-    return batch.batch_id, results
+    return batch.batch_id, slim_results(results)
 
 
 def init_manager() -> None:

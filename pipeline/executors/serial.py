@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from pipeline.executors.base import Background, ExecutorOptions, OnOutcome, StopCheck, settle
 from pipeline.models import Batch
+from pipeline.store.packing import slim_results
 from pipeline.worker import TaskRunner
 
 
@@ -37,7 +38,7 @@ class SerialExecutor:
                 return
             if runner is None:
                 runner = TaskRunner(self.options.job)
-            results = runner.run_batch(batch)
+            results = slim_results(runner.run_batch(batch))  # as a worker sends them
             outcome, retry = settle(batch, results, attempt, self.options.retries, should_stop())
             if outcome is not None:
                 on_outcome(outcome)

@@ -16,7 +16,6 @@ packing is this module's business. A path is in at most one place: one or more r
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import heapq
 import itertools
 import json
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import LedgerCorruptError, StoreError
-from pipeline.models import PackedTasks, TaskResult, TaskSpec
+from pipeline.models import TaskResult, TaskSpec
 from pipeline.store import packing
 
 LEDGER_NAME = "ledger.sqlite"
@@ -559,7 +558,7 @@ class Ledger:
                         *packed.totals,
                         json.dumps(packed.merged),
                         packed.members,
-                        _batch_id(packed),
+                        packed.row_id,
                         result_key,
                         run_id,
                         now,
@@ -569,15 +568,6 @@ class Ledger:
                 )
             if rows:
                 db.executemany(_UPSERT, rows)
-
-
-def _batch_id(packed: PackedTasks) -> str:
-    """The row's key: a hash of its members' task ids (a batch retried in part packs a
-    different set, so a different row)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for task_id in sorted(packed.task_ids):
-        digest.update(task_id.encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
 
 
 _BATCH_COLUMNS = "result_key, attempts, part, members, batch_id"

@@ -6,6 +6,7 @@ process's); the ledger stores and unpacks them. No SQLite here: workers import t
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -24,14 +25,42 @@ def pack_tasks(done: Sequence[tuple[TaskSpec, TaskResult]], merged: dict[str, An
         done = [pair for _, pair in sorted(zip(keys, done, strict=True), key=lambda kv: kv[0])]
     members = [member(task, r) for task, r in done]
     first_path, *totals = batch_totals(members)
+    task_ids = frozenset(task.task_id for task, _ in done)
     return PackedTasks(
-        frozenset(task.task_id for task, _ in done),
+        task_ids,
         pack(members),
         merged,
         first_path,
         tuple(totals),
         next((r.part for _, r in done if r.part), None),
+        row_id(task_ids),
     )
+
+
+def row_id(task_ids: frozenset[str]) -> str:
+    """A batch row's key: a hash of its members' task ids (a batch retried in part packs
+    a different set, so a different row)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for task_id in sorted(task_ids):
+        digest.update(task_id.encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def slim_results(results: list[TaskResult]) -> list[TaskResult]:
+    """Results as they travel to the main process: the packed files are one result (the
+    first, which carries ``packed`` and stands for all of them, without partials: the
+    merge stands in), beside the batch's other results."""
+    packed = next((r.packed for r in results if r.packed is not None), None)
+    if packed is None:
+        return results
+    slim = []
+    for result in results:
+        if result.packed is not None:
+            result.partials = {}
+            slim.append(result)
+        elif result.task_id not in packed.task_ids:
+            slim.append(result)
+    return slim
 
 
 # A batch member, as packed in ``batches.members``: a JSON list with these fields.

@@ -9,13 +9,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import pytest
-
 from pipeline import aggregates
 from pipeline.live import LiveStats
 from pipeline.models import Batch, JobSpec, TaskResult, TaskSpec
+from pipeline.store import packing
 from pipeline.store.ledger import LEDGER_NAME, Ledger
-from pipeline.store.packing import pack_tasks
+from pipeline.store.packing import pack_tasks, slim_results
 from pipeline.worker import TaskRunner, pool_run
 
 SPECS = {"n": {"kind": "count", "field": None, "k": None, "where": None}}
@@ -217,8 +216,10 @@ def test_the_worker_packs_done_whole_files_and_sends_their_partials_once(
         _, sent = pool_run(Batch.of(tuple(tasks)))
     finally:
         worker_module._PROCESS.clear()
-    assert [r.partials for r in sent] == [{}, {}, {}]
+    # one result stands for the packed files: counts and merge in ``packed``
+    assert [(r.task_id, r.partials) for r in sent] == [("t0", {})]
     assert sent[0].packed is not None and sent[0].packed.merged == {"n": 6}
+    assert sent[0].packed.row_id == packing.row_id(frozenset({"t0", "t1", "t2"}))
 
 
 class _Quiet:
@@ -238,16 +239,18 @@ def test_the_worker_does_not_pack_a_range_or_a_batch_of_one(tmp_path: Path) -> N
     assert all(r.packed is None for r in results)
 
 
-@pytest.mark.parametrize("sent", [False, True])
-def test_live_stats_count_a_packed_batch_once(sent: bool) -> None:
-    tasks = [task("/a"), task("/b")]
-    results = packed_results(tasks, [2, 3], part="p.jsonl")
-    if sent:  # as pool_run returns them; in-process (serial) they keep their partials
-        for r in results:
-            r.partials = {}
-    live = LiveStats({}, _NoLock(), SPECS)
-    live.add(results)
+def test_live_stats_count_a_packed_batch_once() -> None:
+    tasks = [task("/a"), task("/b"), task("/c")]
+    results = packed_results(tasks[:2], [2, 3], part="p.jsonl")
+    failed = TaskResult("/c", ok=False, records_in=4, error="boom")
+    sent = slim_results([*results, failed])  # as every executor hands them over
+    assert len(sent) == 2
+    mapping: dict = {}
+    live = LiveStats(mapping, _NoLock(), SPECS)
+    live.add(sent)
     assert live.snapshot() == {"n": 5}
+    assert mapping["tasks_done"] == 2 and mapping["tasks_failed"] == 1
+    assert mapping["records_in"] == 2 + 3 + 4
 
 
 class _NoLock:

@@ -39,7 +39,7 @@ def test_task_result_round_trips_every_field() -> None:
         error_kind="error",
         error="boom",
         traceback="Traceback ...",
-        packed=PackedTasks(frozenset({"t", "u"}), "[]", {"n": 6}, b"/a", (2, 1), "p.jsonl"),
+        packed=PackedTasks(frozenset({"t", "u"}), "[]", {"n": 6}, b"/a", (2, 1), "p.jsonl", "r"),
     )
     defaults = TaskResult("t", ok=False)
     assert all(
