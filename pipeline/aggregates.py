@@ -10,7 +10,9 @@ Partial forms (by stat name; all survive ``json.dumps``/``json.loads`` unchanged
 
 ``count``       ``int``. With a ``field``, only records whose field is present and not
                 null are counted (SQL's ``COUNT(field)``).
-``sum``/``mean`` ``{"n", "int", "float", "floats", "nan", "+inf", "-inf"}``: the count of
+``sum``/``mean`` ``{"n", "int", "float", "floats", "nan", "+inf", "-inf"}``, the last five
+                left out when zero (the usual case: ints only; one is packed per small
+                file in a batch row, so size counts), the count of
                 numeric values, the exact sum of the ints, the *exact* sum of the finite
                 floats as ``[m, e]`` meaning ``m * 2**e`` (every double is an integer
                 multiple of 2**-1074, so float sums are exact integers at that scale), how
@@ -159,17 +161,26 @@ class _Sum:
         self.floats.clear()
 
     def partial(self) -> dict[str, Any]:
+        if not self.floats and not self.n_float:  # ints only: nothing to fold
+            return {"n": self.n_int, "int": self.total_int}
         self._fold()
         nan, pinf, ninf = self.nonfinite
-        return {
-            "n": self.n_int + self.n_float,
-            "int": self.total_int,
-            "float": _pair_from_scaled(self.scaled),
-            "floats": self.n_float,
-            "nan": nan,
-            "+inf": pinf,
-            "-inf": ninf,
-        }
+        return _sum_partial(
+            self.n_int + self.n_float, self.total_int, self.scaled, self.n_float, nan, pinf, ninf
+        )
+
+
+def _sum_partial(
+    n: int, total_int: int, scaled: int, floats: int, nan: int, pinf: int, ninf: int
+) -> dict[str, Any]:
+    """A sum partial in its one form: ``n`` and ``int``, and the other keys unless zero."""
+    partial: dict[str, Any] = {"n": n, "int": total_int}
+    if scaled:
+        partial["float"] = _pair_from_scaled(scaled)
+    for key, value in (("floats", floats), ("nan", nan), ("+inf", pinf), ("-inf", ninf)):
+        if value:
+            partial[key] = value
+    return partial
 
 
 class _MinMax:
@@ -430,6 +441,9 @@ def _pair_from_scaled(scaled: int) -> list[int]:
     return [scaled >> shift, shift - _SCALE_BITS]
 
 
+_NO_FLOAT = (0, 0)  # the "float" of a sum partial that has none
+
+
 def _scaled_from_pair(pair: Any) -> int:
     m, e = pair
     return m << (e + _SCALE_BITS) if m else 0
@@ -439,7 +453,7 @@ def _empty_partial(kind: str) -> Any:
     if kind == "count":
         return 0
     if kind in ("sum", "mean"):
-        return {"n": 0, "int": 0, "float": [0, 0], "floats": 0, "nan": 0, "+inf": 0, "-inf": 0}
+        return {"n": 0, "int": 0}
     if kind in ("min", "max"):
         return {"num": None, "str": None}
     return {}
@@ -449,11 +463,7 @@ def _merge_one(kind: str, a: Any, b: Any) -> Any:
     if kind == "count":
         return a + b
     if kind in ("sum", "mean"):
-        merged = {key: a[key] + b[key] for key in ("n", "int", "floats", "nan", "+inf", "-inf")}
-        merged["float"] = _pair_from_scaled(
-            _scaled_from_pair(a["float"]) + _scaled_from_pair(b["float"])
-        )
-        return merged
+        return _merge_all(kind, [a, b])
     if kind in ("min", "max"):
         better = _less if kind == "min" else _greater
         return {slot: _best(better, a[slot], b[slot]) for slot in ("num", "str")}
@@ -490,11 +500,14 @@ def _merge_all(kind: str, values: list[Any]) -> Any:
     if kind == "count":
         return sum(values)
     if kind in ("sum", "mean"):
-        keys = ("n", "int", "floats", "nan", "+inf", "-inf")
-        merged = {key: sum(map(itemgetter(key), values)) for key in keys}  # loops in C
-        pairs = [v["float"] for v in values]
-        merged["float"] = _pair_from_scaled(sum(_scaled_from_pair(p) for p in pairs if p[0]))
-        return merged
+        # "n" and "int" are always there (map runs in C); the rest only when not zero
+        extra = [v for v in values if len(v) > 2]
+        return _sum_partial(
+            sum(map(itemgetter("n"), values)),
+            sum(map(itemgetter("int"), values)),
+            sum(_scaled_from_pair(v.get("float", _NO_FLOAT)) for v in extra),
+            *(sum(v.get(key, 0) for v in extra) for key in ("floats", "nan", "+inf", "-inf")),
+        )
     if kind in ("min", "max"):
         result = dict(values[0])
         for value in values[1:]:
@@ -523,16 +536,16 @@ def merge_many(specs: Specs, partials: Iterable[dict | None]) -> dict:
 def _finish_sum(p: Mapping[str, Any], divisor: int | None) -> Any:
     """The correctly rounded ``(ints + exact floats) / divisor`` (``None``: a sum, an int
     when no float was seen)."""
-    nan, pinf, ninf = p["nan"], p["+inf"], p["-inf"]
+    nan, pinf, ninf = p.get("nan", 0), p.get("+inf", 0), p.get("-inf", 0)
     if nan or (pinf and ninf):
         return math.nan
     if pinf or ninf:
         return math.inf if pinf else -math.inf
     if divisor is None:
-        if not p["floats"]:
+        if not p.get("floats", 0):
             return p["int"]
         divisor = 1
-    numerator = (p["int"] << _SCALE_BITS) + _scaled_from_pair(p["float"])
+    numerator = (p["int"] << _SCALE_BITS) + _scaled_from_pair(p.get("float", _NO_FLOAT))
     try:
         return numerator / (divisor << _SCALE_BITS)
     except OverflowError:

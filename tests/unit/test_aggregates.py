@@ -456,3 +456,21 @@ def test_sum_is_exactly_the_correctly_rounded_total(xs: list[Any], data: st.Data
         except OverflowError:
             mean = math.inf if exact > 0 else -math.inf
         assert result["m"] == mean
+
+
+def test_sum_partials_leave_zero_keys_out_and_read_the_full_form_too() -> None:
+    """A sum partial keeps ``n`` and ``int`` and, only when not zero, the float part and
+    the non-finite counts (one is packed per small file: size counts). Partials written
+    in full by earlier versions, still in old ledgers, merge and finalise the same."""
+    specs = {"s": {"kind": "sum", "field": "v"}, "m": {"kind": "mean", "field": "v"}}
+    ints = partial_of(specs, [{"v": 2}, {"v": 3}])
+    assert ints == {"s": {"n": 2, "int": 5}, "m": {"n": 2, "int": 5}}
+    floats = partial_of(specs, [{"v": 0.5}, {"v": math.inf}])
+    assert floats["s"] == {"n": 2, "int": 0, "float": [1, -1], "floats": 2, "+inf": 1}
+    zeros = {"float": [0, 0], "floats": 0, "nan": 0, "+inf": 0, "-inf": 0}
+    old = {"s": {"n": 1, "int": 7, **zeros}, "m": {"n": 1, "int": 7, **zeros}}
+    merged = merge_many(specs, [ints, old])
+    assert merged == {"s": {"n": 3, "int": 12}, "m": {"n": 3, "int": 12}}
+    assert merge_partials(specs, ints, old) == merged
+    assert finalize(specs, merged) == {"s": 12, "m": 4.0}
+    assert finalize(specs, merge_many(specs, [floats, old]))["s"] == math.inf
