@@ -207,14 +207,15 @@ def test_plan_and_report_leave_no_sqlite_side_files(tmp_path: Path, job: Path) -
 
 def test_second_run_with_nothing_changed_runs_nothing(tmp_path: Path, job: Path) -> None:
     out = tmp_path / "out"
-    ok(run(job))
+    assert "executor: process" in ok(run(job)).stderr
     first = load(out / "report.json")
     records = (out / "records.jsonl").read_bytes()
     stats = load(out / "stats.json")
     assert stats == expected_stats(*data_text(tmp_path, "a.log", "b.log", "c.log"))
     assert first["tasks"]["done"] == first["tasks"]["total"] > 3
 
-    ok(run(job))
+    again = ok(run(job))
+    assert "executor:" not in again.stderr  # nothing to run: no pool, no Manager started
     second = load(out / "report.json")
     assert second["tasks"]["total"] == first["tasks"]["total"]
     assert second["tasks"]["skipped"] == second["tasks"]["total"]
