@@ -12,15 +12,12 @@ ledger as it was before the plan, whatever this run commits meanwhile.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 
 from pipeline.discovery import Discovery
 from pipeline.models import Batch, InputFile
 from pipeline.planning import Batcher, Plan, Planner, join_rows
 from pipeline.store.ledger import Ledger, TaskRow
-
-log = logging.getLogger(__name__)
 
 OnPlanned = Callable[[Plan, bool], None]
 
