@@ -55,10 +55,9 @@ class LiveStats:
         counts = self._counts
         for r in results:
             if r.packed is not None:
-                files, records_in, records_out = r.packed.totals[:3]
-                counts["tasks_done"] += files
-                counts["records_in"] += records_in
-                counts["records_out"] += records_out
+                counts["tasks_done"] += r.packed.files
+                counts["records_in"] += r.packed.records_in
+                counts["records_out"] += r.packed.records_out
             else:
                 counts["tasks_done" if r.ok else "tasks_failed"] += 1
                 counts["records_in"] += r.records_in

@@ -138,6 +138,18 @@ class PackedTasks:
     def files(self) -> int:
         return self.totals[0]
 
+    @property
+    def records_in(self) -> int:
+        return self.totals[1]
+
+    @property
+    def records_out(self) -> int:
+        return self.totals[2]
+
+    @property
+    def bytes_read(self) -> int:
+        return self.totals[5]
+
 
 @dataclass(slots=True)
 class TaskResult:

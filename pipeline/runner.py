@@ -359,8 +359,8 @@ class Run:
                 nbytes += sum(tasks[task_id].size for task_id in packed.task_ids)
                 n_tasks += packed.files
                 self.state.done += packed.files
-                self.state.records += packed.totals[1]
-                self.state.bytes_read += packed.totals[5]
+                self.state.records += packed.records_in
+                self.state.bytes_read += packed.bytes_read
                 continue
             task = tasks[result.task_id]
             nbytes += task.size if task.length is None else task.length

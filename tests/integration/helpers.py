@@ -107,3 +107,37 @@ def access_config(data: Path, out: Path, **execution: Any) -> dict[str, Any]:
         "output": {"dir": str(out), "records": execution.pop("records", "jsonl")},
         "execution": execution,
     }
+
+
+SMALL_LOG_RE = r"^(?P<ip>\S+) (?P<method>\S+) (?P<path>\S+) (?P<status>\d+) (?P<n>\d+)$"
+
+
+def small_log_path(data: Path, i: int) -> Path:
+    return data / f"d{i % 7}" / f"f{i:04d}.log"
+
+
+def write_small_log(data: Path, i: int, salt: str = "") -> None:
+    """Small file number ``i`` (1-5 access-log-like lines) in one of seven folders;
+    ``salt`` changes its bytes (and so its size)."""
+    path = small_log_path(data, i)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "".join(
+            f"10.0.{i % 250}.{j} GET /p{j}{salt} {200 + j % 3} {i * 10 + j}\n"
+            for j in range(i % 5 + 1)
+        )
+    )
+
+
+def small_logs_config(folder: Path, out: str, **execution: Any) -> Path:
+    """``data/**/*.log`` (``write_small_log``): regex, types, a count, a sum, a count_by;
+    records to ``out/records.jsonl``; 2 workers unless ``execution`` says otherwise."""
+    body: dict[str, Any] = {
+        "name": out,
+        "input": {"paths": ["data/**/*.log"], "format": "lines"},
+        "steps": [{"regex": SMALL_LOG_RE}, {"types": {"status": "int", "n": "int"}}],
+        "stats": {"lines": {"count": True}, "total": {"sum": "n"}, "by": {"count_by": "status"}},
+        "output": {"dir": out, "records": "jsonl"},
+        "execution": {"workers": 2, **execution},
+    }
+    return write_config(folder, body, name=f"{out}.yaml")

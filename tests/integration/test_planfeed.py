@@ -20,39 +20,20 @@ from pipeline import planning
 from pipeline.config import load_config
 from pipeline.planfeed import PlanFeed
 from pipeline.runner import Run, RunOptions, RunResult
-from tests.integration.helpers import run_cli, write_config
+from tests.integration.helpers import (
+    run_cli,
+    small_log_path,
+    small_logs_config,
+    write_small_log,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
 N_FILES = 600
 
 
-def write_file(path: Path, i: int, salt: str = "") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = "".join(
-        f"10.0.{i % 250}.{j} GET /p{j}{salt} {200 + (i + j) % 3} {i * 10 + j}\n"
-        for j in range(i % 5 + 1)
-    )
-    path.write_text(lines)
-
-
-def input_path(data: Path, i: int) -> Path:
-    return data / f"d{i % 7}" / f"f{i:04d}.log"
-
-
-def config(tmp_path: Path, out: str, submit: str = "async", executor: str = "process") -> Path:
-    body: dict[str, Any] = {
-        "name": "feed",
-        "input": {"paths": ["data/**/*.log"], "format": "lines"},
-        "steps": [
-            {"regex": r"^(?P<ip>\S+) (?P<method>\S+) (?P<path>\S+) (?P<status>\d+) (?P<n>\d+)$"},
-            {"types": {"status": "int", "n": "int"}},
-        ],
-        "stats": {"lines": {"count": True}, "total": {"sum": "n"}, "by": {"count_by": "status"}},
-        "output": {"dir": out, "records": "jsonl"},
-        "execution": {"executor": executor, "workers": 2, "submit": submit},
-    }
-    return write_config(tmp_path, body, name=f"{out}.yaml")
+def config(tmp_path: Path, out: str, submit: str = "async") -> Path:
+    return small_logs_config(tmp_path, out, executor="process", submit=submit)
 
 
 class FeedWatch:
@@ -107,7 +88,7 @@ def test_a_run_that_executes_while_planning_gives_the_plain_store(
 ) -> None:
     data = tmp_path / "data"
     for i in range(N_FILES):
-        write_file(input_path(data, i), i)
+        write_small_log(data, i)
     watch = FeedWatch(monkeypatch)
     cfg = config(tmp_path, "out", submit)
     first = run_in_process(cfg)
@@ -119,12 +100,12 @@ def test_a_run_that_executes_while_planning_gives_the_plain_store(
 
     # edits: other bytes, a touch with the same bytes, new files; then a re-run
     for i in range(0, N_FILES, 9):
-        write_file(input_path(data, i), i, salt="x")
+        write_small_log(data, i, salt="x")
     for i in range(4, N_FILES, 31):
-        path = input_path(data, i)
+        path = small_log_path(data, i)
         os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     for i in range(N_FILES, N_FILES + 40):
-        write_file(input_path(data, i), i)
+        write_small_log(data, i)
     watch.handed_before_done = 0
     second = run_in_process(cfg)
     assert second.exit_code == 0
@@ -143,11 +124,11 @@ def test_a_stop_while_planning_leaves_a_store_the_next_run_completes(
 ) -> None:
     data = tmp_path / "data"
     for i in range(N_FILES):
-        write_file(input_path(data, i), i)
+        write_small_log(data, i)
     cfg = config(tmp_path, "out")
     assert run_in_process(cfg).exit_code == 0
     for i in range(0, N_FILES, 3):  # a third changes: old rows dropped as planned
-        write_file(input_path(data, i), i, salt="y")
+        write_small_log(data, i, salt="y")
 
     steps = [0]
     real_step = PlanFeed.step
