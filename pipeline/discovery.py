@@ -158,47 +158,62 @@ def _choose_folders(root: str, rest: list[str], skipped: list[SkippedInput]) -> 
 
 def _sorted_matches(
     folder: str, norm: str, chosen: set[str], matcher: re.Pattern[str]
-) -> Iterator[str]:
-    """Second pass: the matching paths under ``folder``, in byte order. Only the listings
-    of the folders on the current path are held: a folder's entries are sorted by name, a
-    subfolder taking its place as ``name/``, which is the byte order of full paths."""
+) -> Iterator[tuple[str, os.stat_result | OSError]]:
+    """Second pass: the matching paths under ``folder``, in byte order, each with its
+    ``stat`` (or the error). Only the listings of the folders on the current path are
+    held: a folder's entries are sorted by name, a subfolder taking its place as
+    ``name/``, which is the byte order of full paths. A match is stat'ed by its name in
+    the open folder, which spares the kernel a walk down the whole path."""
     try:
-        with os.scandir(folder) as listing:
-            entries = list(listing)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return  # unreadable: the first pass reported it
-    prefix = "" if norm == "." else norm if norm.endswith("/") else norm + "/"
-    as_str = all(entry.name.isascii() for entry in entries)  # then str order is byte order
-    items: list[tuple[str | bytes, str, str, bool]] = []
-    append = items.append
-    for entry in entries:
-        name = entry.name
-        path = prefix + name
-        key = name if as_str else os.fsencode(name)
-        append((key, path, entry.path, False))
-        if path in chosen:
-            append((key + ("/" if as_str else b"/"), path, entry.path, True))  # type: ignore[operator]
-    entries.clear()
-    items.sort(key=_first)
-    fullmatch = matcher.fullmatch
-    for _key, path, walk_path, descend in items:
-        if descend:
-            yield from _sorted_matches(walk_path, path, chosen, matcher)
-        elif fullmatch(path):
-            yield path
+    try:
+        try:
+            with os.scandir(fd) as listing:
+                entries = list(listing)
+        except OSError:
+            return
+        prefix = "" if norm == "." else norm if norm.endswith("/") else norm + "/"
+        as_str = all(entry.name.isascii() for entry in entries)  # then str order is byte order
+        items: list[tuple[str | bytes, str, str, bool]] = []
+        append = items.append
+        for entry in entries:
+            name = entry.name
+            path = prefix + name
+            key = name if as_str else os.fsencode(name)
+            append((key, path, name, False))
+            if path in chosen:
+                append((key + ("/" if as_str else b"/"), path, name, True))  # type: ignore[operator]
+        entries.clear()
+        items.sort(key=_first)
+        fullmatch = matcher.fullmatch
+        for _key, path, name, descend in items:
+            if descend:
+                yield from _sorted_matches(os.path.join(folder, name), path, chosen, matcher)
+            elif fullmatch(path):
+                try:
+                    st: os.stat_result | OSError = os.stat(name, dir_fd=fd)
+                except OSError as exc:
+                    st = exc
+                yield path, st
+    finally:
+        os.close(fd)
 
 
 def _first(item: tuple[Any, ...]) -> Any:
     return item[0]
 
 
-def _pattern_matches(pattern: str, skipped: list[SkippedInput], targets: set[int]) -> Iterator[str]:
-    """The normalised paths a pattern matches, in byte order. Symlinked folders are
-    followed without going round a loop: each physical folder is listed once. ``targets``
-    gathers what symlinks point at."""
+def _pattern_matches(
+    pattern: str, skipped: list[SkippedInput], targets: set[int]
+) -> Iterator[tuple[str, os.stat_result | OSError]]:
+    """The normalised paths a pattern matches, in byte order, with their ``stat``.
+    Symlinked folders are followed without going round a loop: each physical folder is
+    listed once. ``targets`` gathers what symlinks point at."""
     if not glob.has_magic(pattern):
         if os.path.lexists(pattern):
-            yield os.path.normpath(pattern)
+            yield _stated(os.path.normpath(pattern))
         return
     parts = pattern.split("/")
     fixed: list[str] = []
@@ -215,8 +230,19 @@ def _pattern_matches(pattern: str, skipped: list[SkippedInput], targets: set[int
     tree = _choose_folders(root, rest, skipped)
     targets |= tree.targets
     if rest[-1] == "**" and fixed:
-        yield norm_root  # as glob: "d/**" has d
+        yield _stated(norm_root)  # as glob: "d/**" has d
     yield from _sorted_matches(root, norm_root, tree.chosen, matcher)
+
+
+def _stated(path: str) -> tuple[str, os.stat_result | OSError]:
+    try:
+        return path, os.stat(path)
+    except OSError as exc:
+        return path, exc
+
+
+def _path_key(match: tuple[str, Any]) -> bytes:
+    return os.fsencode(match[0])
 
 
 def path_sort_key(path: str) -> bytes:
@@ -241,29 +267,27 @@ class Discovery:
 
     def __iter__(self) -> Iterator[InputFile]:
         targets: set[int] = set()
-        streams: list[Iterator[str]] = []
+        streams: list[Iterator[tuple[str, os.stat_result | OSError]]] = []
         for pattern in self.patterns:
             stream = _pattern_matches(pattern, self.skipped, targets)
             first = next(stream, None)
             if first is not None:
                 streams.append(itertools.chain([first], stream))
             elif glob.has_magic(pattern) and os.path.lexists(pattern):
-                streams.append(iter([os.path.normpath(pattern)]))  # a literal name
+                streams.append(iter([_stated(os.path.normpath(pattern))]))  # a literal name
             else:
                 self.unmatched.append(pattern)
         several = len(streams) > 1  # the same file may come out of two of them
-        merged = heapq.merge(*streams, key=os.fsencode) if several else itertools.chain(*streams)
+        merged = heapq.merge(*streams, key=_path_key) if several else itertools.chain(*streams)
         seen: set[int] = set()
         exclude = self.exclude
         previous = None
-        for path in merged:
+        for path, st in merged:
             if path == previous or (exclude and _excluded(path, exclude)):
                 continue
             previous = path
-            try:
-                st = os.stat(path)
-            except OSError as exc:
-                self.skipped.append(SkippedInput(path, f"cannot stat: {exc.strerror or exc}"))
+            if isinstance(st, OSError):
+                self.skipped.append(SkippedInput(path, f"cannot stat: {st.strerror or st}"))
                 continue
             if not stat.S_ISREG(st.st_mode):
                 self.skipped.append(SkippedInput(path, f"skipped: {_kind(st.st_mode)}"))

@@ -58,6 +58,13 @@ class PlanFeed:
         exhausted = True
         with self._ledger.recording(recorder):
             for file, rows in self._files:
+                if not rows and (task := planner.fresh_task(file)) is not None:
+                    plan.add_task(task)  # a new file, one task: nothing to record yet
+                    batcher.add(task)
+                    if plan.n_files % self.STEP_FILES == 0:
+                        exhausted = False
+                        break
+                    continue
                 decision = planner.decide(file, rows)
                 plan.add(decision)
                 run = decision.run

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import IO, NamedTuple
 
-from pipeline.chunking import is_splittable, split_ranges
+from pipeline.chunking import SPLITTABLE_FORMATS, is_splittable, split_ranges
 from pipeline.digest import file_digest
 from pipeline.errors import StoreError
 from pipeline.models import Batch, InputFile, TaskSpec, covers_file
@@ -86,6 +86,16 @@ class Plan:
             if decision.touched:
                 self.touched.append((decision.file.path, decision.file.mtime_ns))
 
+    def add_task(self, task: TaskSpec) -> None:
+        """A file planned as one task to run (``Planner.fresh_task``): ``add`` in short."""
+        self.n_files += 1
+        counts = self.reason_counts
+        counts[task.reason] = counts.get(task.reason, 0) + 1
+        self.run_bytes += task.size if task.length is None else task.length
+        self.n_run += 1
+        if self.keep:
+            self.run.append(task)
+
     def reasons(self) -> dict[str, int]:
         return dict(self.reason_counts)
 
@@ -144,6 +154,29 @@ class Planner:
     parts_dir: str | None
     full: bool = False
     _part_sizes: dict[str, int] = field(default_factory=dict)
+
+    def fresh_task(self, file: InputFile) -> TaskSpec | None:
+        """The one task of a file the ledger has never seen, when it is one task (the
+        usual case of a first run; ``decide`` in short); None when it is cut in ranges."""
+        path, size, mtime_ns, compression = file
+        length: int | None
+        if compression is not None or self.fmt not in SPLITTABLE_FORMATS:
+            length = None  # whole, as new_tasks cuts it
+        elif size <= self.chunk_size:
+            length = size
+        else:
+            return None
+        reason = "full" if self.full else "new"
+        return TaskSpec(
+            task_id(path, 0, length, size, mtime_ns, self.result_key),
+            path,
+            0,
+            length,
+            size,
+            mtime_ns,
+            compression,
+            reason,
+        )
 
     def decide(self, file: InputFile, rows: Sequence[TaskRow]) -> FileDecision:
         full, result_key = self.full, self.result_key
@@ -325,7 +358,9 @@ class Batcher:
         self.finished = False
 
     def add(self, task: TaskSpec) -> None:
-        work = _task_work(task)
+        work = task.size if task.length is None else task.length  # _task_work, inline
+        if task.compression:
+            work *= COMPRESSED_WORK
         if work >= self.threshold:
             self.big.append(task)
         elif self._waiting is None:

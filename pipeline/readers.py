@@ -188,9 +188,9 @@ def _opened(task: TaskSpec, counters: ReadCounters) -> Iterator[tuple[IO[bytes],
 def read_small_file(task: TaskSpec, counters: ReadCounters) -> bytes:
     """All the bytes of a small file read whole (``digest.reads_small_file``), in one
     call: its planned size plus one byte, enough to see it grew. Sets ``content`` (the
-    digest of these very bytes) and ``bytes_read``; the worker's ``stat`` of the path
-    after the task proves they were the planned version. Other bytes than planned fail
-    at once, as a changed file."""
+    digest of these very bytes) and ``bytes_read``. Another length than planned fails at
+    once, as a changed file; bytes of the planned length are one version of the file,
+    which ``content`` names, so the next run tells whether it is still the file's."""
     # os.open, not open(): no file object to build (a third of the cost for a tiny file).
     # O_NONBLOCK: a path that became a FIFO since discovery must not block the open.
     fd = os.open(task.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)

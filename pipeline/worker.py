@@ -137,9 +137,13 @@ class TaskRunner:
                 )
             sink.flush()
             result.content = counters.content
-            if counters.opened is not None:  # the file as it was opened...
-                check_unchanged(task, counters.opened)
-            check_unchanged(task)  # ...and as it is now, after reading
+            if counters.content is None:  # read as a stream: the file as it was opened...
+                if counters.opened is not None:
+                    check_unchanged(task, counters.opened)
+                check_unchanged(task)  # ...and as it is now, after reading
+            # A small file read whole needs no second look: one read took one version of
+            # its bytes, of the planned length; ``content`` names that version, and the
+            # next run, seeing a new mtime, compares it with the file as it is then.
             result.partials = self.aggregators.partials(sink.state)
             result.records_out = sink.records_out
             result.malformed = sink.malformed + counters.malformed

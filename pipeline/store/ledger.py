@@ -421,7 +421,7 @@ class Ledger:
             if text is not None:
                 yield json.loads(text)
             else:  # a member left the batch: its merge is gone, the members' remain
-                for member in json.loads(members):
+                for member in packing.unpack(members):
                     yield member[packing.M_PARTIALS]
 
     def committed_counts(self, result_key: str) -> dict[str, int]:
@@ -620,7 +620,7 @@ def _member_rows(values: tuple[Any, ...]) -> list[TaskRow]:
             part_size,
             content,
             _duration_s,
-        ) in json.loads(members)
+        ) in packing.unpack(members)
     ]
 
 
@@ -706,7 +706,7 @@ class PlanRecorder:
             ).fetchone()
             if found is None:
                 continue
-            members = json.loads(found[0])
+            members = packing.unpack(found[0])
             kept = [m for m in members if m[packing.M_PATH] not in drop]
             if not kept:
                 self._db.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.digest import CONTENT_CHECK_MAX
 from tests.integration.helpers import CliResult, run_cli, write_config
 
 T = 30  # seconds: hard bound for every CLI subprocess
@@ -425,7 +426,9 @@ def test_special_files_and_symlink_loops_are_skipped(tmp_path: Path) -> None:
 
 CASES = [
     # (action, when): "before" = another task changes the file before its task starts;
-    # "during" = the file's own first record changes it while its task is reading.
+    # "during" = the file's own first record changes it while its task is reading (a
+    # file read as a stream, over CONTENT_CHECK_MAX: small ones, read in one call, are
+    # test_small_file_changed_after_its_read_is_processed_as_read).
     ("delete", "before"),
     ("truncate", "before"),
     ("append", "before"),
@@ -449,8 +452,9 @@ def test_file_changed_after_discovery_fails_then_reruns(
     trigger.write_bytes(b"@@MUTATE@@ trigger\n" + tagged("TRIG", 400))
     if when == "before":
         target_content = b"target first line\n" + tagged("TARGET", 50)
-    else:
-        target_content = b"@@MUTATE@@ target first line\n" + tagged("TARGET", 50)
+    else:  # read as a stream: its task sees the file before and after its records
+        target_content = b"@@MUTATE@@ target first line\n" + tagged("TARGET", 50_000)
+        assert len(target_content) > CONTENT_CHECK_MAX
     target.write_bytes(target_content)
     other.write_bytes(tagged("OTHER", 30))
 
@@ -497,6 +501,48 @@ def test_file_changed_after_discovery_fails_then_reruns(
     assert (
         read_json(out / "report.json")["records"] == read_json(clean_out / "report.json")["records"]
     )
+    assert_store_ok(out)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("action", ["truncate", "append"])
+def test_small_file_changed_after_its_read_is_processed_as_read(
+    tmp_path: Path, action: str
+) -> None:
+    """A small file is read in one call, of its planned length: one version of its bytes,
+    named by its content digest. A change after that read is not a failure: the run
+    commits what it read, and the next run, seeing the new size or mtime, processes the
+    file again, ending where a clean run of the changed file ends."""
+    data = tmp_path / "data"
+    data.mkdir()
+    target = data / "b_target.log"
+    other = data / "c_other.log"
+    target_content = b"@@MUTATE@@ target first line\n" + tagged("TARGET", 50)
+    target.write_bytes(target_content)
+    other.write_bytes(tagged("OTHER", 30))
+    out = tmp_path / "out"
+    cfg = make_config(tmp_path, [str(data / "*.log")], out, workers=1, steps=[{"call": PLUGIN}])
+    env = {
+        "FAULTS_MUTATE": f"{action}:{target}",
+        "FAULTS_MUTATE_ONCE": str(tmp_path / "mutated.once"),
+    }
+    res = run_cli("run", str(cfg), timeout=T, env=env)
+    assert (tmp_path / "mutated.once").exists(), "the plugin never fired"
+    assert res.returncode == 0, res.stderr
+    assert read_json(out / "report.json")["tasks"]["done"] == 2
+    as_read = expected_lines(target_content)[0] + expected_lines(other.read_bytes())[0]
+    assert line_records(out) == as_read  # the version it read, whole
+    assert target.read_bytes() != target_content
+
+    res2 = run_cli("run", str(cfg), timeout=T, env=env)
+    assert res2.returncode == 0, res2.stderr
+    report2 = read_json(out / "report.json")
+    assert (report2["tasks"]["done"], report2["tasks"]["skipped"]) == (1, 1)
+    clean_out = tmp_path / "clean"
+    res3 = run_cli("run", str(cfg), "--set", f"output.dir={clean_out}", timeout=T, env=env)
+    assert res3.returncode == 0, res3.stderr
+    assert (out / "records.jsonl").read_bytes() == (clean_out / "records.jsonl").read_bytes()
+    assert read_json(out / "stats.json") == read_json(clean_out / "stats.json")
     assert_store_ok(out)
 
 

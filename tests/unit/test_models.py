@@ -16,6 +16,11 @@ def test_task_spec_and_batch_round_trip_every_field() -> None:
     for value in (spec, other, batch):
         for protocol in (2, pickle.HIGHEST_PROTOCOL):
             assert pickle.loads(pickle.dumps(value, protocol)) == value
+    # a batch travels as one marshal blob: its tasks come back as TaskSpecs, not tuples
+    # (which would compare equal)
+    back = pickle.loads(pickle.dumps(batch, pickle.HIGHEST_PROTOCOL))
+    assert [type(t) for t in back.tasks] == [TaskSpec, TaskSpec]
+    assert back.tasks[0].covers_file is False
 
 
 def test_task_result_round_trips_every_field() -> None:
