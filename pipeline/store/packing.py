@@ -6,6 +6,7 @@ process's); the ledger stores and unpacks them. No SQLite here: workers import t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -17,10 +18,17 @@ from typing import Any
 
 from pipeline.models import PackedTasks, TaskResult, TaskSpec
 
-try:  # ten times faster at packing; the stdlib does what it cannot (see ``pack``)
-    import orjson
-except ImportError:  # a dependency, but the stdlib is enough
-    orjson = None
+
+@functools.cache
+def _orjson() -> Any:
+    """orjson, ten times faster at packing (the stdlib does what it cannot: see ``pack``),
+    or None without it. Imported on first use: a first run's main process never needs it
+    (its workers pack), and its import is 3 ms of the main process's start."""
+    try:
+        import orjson
+    except ImportError:  # a dependency, but the stdlib is enough
+        return None
+    return orjson
 
 
 def pack_tasks(done: Sequence[tuple[TaskSpec, TaskResult]], merged: dict[str, Any]) -> PackedTasks:
@@ -119,6 +127,7 @@ def pack(members: list[list[Any]]) -> str:
     valid UTF-8 or an integer past 64 bits (it raises) nor a non-finite float (it would
     write null: only a ``min``/``max`` partial can hold one, so they are checked first).
     Then the stdlib, with ASCII escapes: a lone surrogate stays ``\\udcXX``."""
+    orjson = _orjson()
     if orjson is not None and all(_finite_partials(m[M_PARTIALS]) for m in members):
         try:
             return orjson.dumps(members).decode()
@@ -146,6 +155,7 @@ def unpack(text: str) -> Any:
     """``pack``'s text (or any JSON the stdlib wrote) back as values: orjson unless the
     text may hold an integer orjson would turn into a float, or a value it refuses
     (a lone surrogate, ``Infinity``), which the stdlib reads."""
+    orjson = _orjson()
     if orjson is not None and _LONG_NUMBER.search(text) is None:
         try:
             return orjson.loads(text)
