@@ -50,6 +50,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from itertools import compress
 from operator import itemgetter
 from typing import Any
@@ -345,6 +346,17 @@ def _check_specs(specs: Specs) -> None:
             raise ValueError(f"stat {name!r}: where must be a condition mapping, got {where!r}")
 
 
+def _accumulator(kind: str, field: str | None) -> tuple[Callable[[], Any], str]:
+    """(a maker of a fresh accumulator, the name of its per-record method) for a stat."""
+    if kind == "count":
+        return partial(_Count, field), "add" if field is None else "add_field"
+    if kind in ("sum", "mean"):
+        return partial(_Sum, field), "add"
+    if kind in ("min", "max"):
+        return partial(_MinMax, field, _less if kind == "min" else _greater), "add"
+    return partial(_CountBy, field), "add"
+
+
 def _guarded(condition: Callable[[Mapping[str, Any]], bool], add: Callable[[Any], None]):
     def add_where(record: Mapping[str, Any]) -> None:
         if condition(record):
@@ -378,29 +390,18 @@ class Aggregators:
                 self._column_filters[name] = compile_column_condition(where) if where else None
             except ValueError as exc:
                 raise ValueError(f"stat {name!r}: where: {exc}") from exc
+        # per stat: how a task's accumulator is made and which method adds a record
+        self._layout = tuple(
+            (name, *_accumulator(spec["kind"], spec.get("field")), self._conditions[name])
+            for name, spec in self.specs.items()
+        )
 
     def new_state(self) -> _State:
         accumulators: dict[str, Any] = {}
         adders: list[Callable] = []
-        for name, spec in self.specs.items():
-            kind, field = spec["kind"], spec.get("field")
-            if kind == "count":
-                acc: Any = _Count(field)
-                add = acc.add if field is None else acc.add_field
-            elif kind in ("sum", "mean"):
-                acc = _Sum(field)
-                add = acc.add
-            elif kind == "min":
-                acc = _MinMax(field, _less)
-                add = acc.add
-            elif kind == "max":
-                acc = _MinMax(field, _greater)
-                add = acc.add
-            else:
-                acc = _CountBy(field)
-                add = acc.add
-            condition = self._conditions[name]
-            accumulators[name] = acc
+        for name, make, method, condition in self._layout:
+            acc = accumulators[name] = make()
+            add = getattr(acc, method)
             adders.append(add if condition is None else _guarded(condition, add))
         return _State(accumulators, tuple(adders))
 

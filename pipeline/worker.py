@@ -72,6 +72,7 @@ class TaskRunner:
         self.pid = os.getpid()  # built in the process that runs the tasks
         self.chain = steps.compile_steps(job.steps)
         self.aggregators = aggregates.Aggregators(job.stats)
+        self.extremes = any(spec["kind"] in ("min", "max") for spec in job.stats.values())
         self.encode = make_encoder()
         stat_fields = {
             field
@@ -92,7 +93,7 @@ class TaskRunner:
         if len(done) > 1 and all(task.covers_file for task, _ in done):
             try:
                 merged = aggregates.merge_many(self.job.stats, [r.partials for _, r in done])
-                done[0][1].packed = pack_tasks(done, merged)
+                done[0][1].packed = pack_tasks(done, merged, extremes=self.extremes)
             except Exception:  # unpacked, they are committed one row each
                 log.exception("%s: cannot pack the batch's results", batch.describe())
         return results

@@ -31,10 +31,13 @@ def _orjson() -> Any:
     return orjson
 
 
-def pack_tasks(done: Sequence[tuple[TaskSpec, TaskResult]], merged: dict[str, Any]) -> PackedTasks:
+def pack_tasks(
+    done: Sequence[tuple[TaskSpec, TaskResult]], merged: dict[str, Any], *, extremes: bool = True
+) -> PackedTasks:
     """Done whole-file tasks (at least two, results of one batch) and the merge of their
     partials, as one batch row will hold them. Called in the worker, which has every
-    value at hand and spends its own CPU, not the main process's, on the encoding."""
+    value at hand and spends its own CPU, not the main process's, on the encoding.
+    ``extremes``: whether the job has ``min``/``max`` stats (see ``pack``)."""
     keys = [os.fsencode(task.path) for task, _ in done]
     if any(a > b for a, b in itertools.pairwise(keys)):  # members are kept in path order
         done = [pair for _, pair in sorted(zip(keys, done, strict=True), key=lambda kv: kv[0])]
@@ -43,7 +46,7 @@ def pack_tasks(done: Sequence[tuple[TaskSpec, TaskResult]], merged: dict[str, An
     task_ids = frozenset(task.task_id for task, _ in done)
     return PackedTasks(
         task_ids,
-        pack(members),
+        pack(members, extremes=extremes),
         merged,
         first_path,
         tuple(totals),
@@ -120,15 +123,18 @@ def member(task: TaskSpec, r: TaskResult) -> list[Any]:
     ]
 
 
-def pack(members: list[list[Any]]) -> str:
+def pack(members: list[list[Any]], *, extremes: bool = True) -> str:
     """Members as JSON text that ``unpack`` turns back into equal values.
 
     orjson when it is installed and can say it all; it cannot say a path that is not
     valid UTF-8 or an integer past 64 bits (it raises) nor a non-finite float (it would
     write null: only a ``min``/``max`` partial can hold one, so they are checked first).
-    Then the stdlib, with ASCII escapes: a lone surrogate stays ``\\udcXX``."""
+    Then the stdlib, with ASCII escapes: a lone surrogate stays ``\\udcXX``. Without
+    ``extremes`` (no ``min``/``max`` stat in the job) there is nothing to check."""
     orjson = _orjson()
-    if orjson is not None and all(_finite_partials(m[M_PARTIALS]) for m in members):
+    if orjson is not None and (
+        not extremes or all(_finite_partials(m[M_PARTIALS]) for m in members)
+    ):
         try:
             return orjson.dumps(members).decode()
         except TypeError:

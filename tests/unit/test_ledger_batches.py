@@ -6,6 +6,7 @@ would have shown them; writers must keep every path in one place only.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from pathlib import Path
 
@@ -220,6 +221,26 @@ def test_the_worker_packs_done_whole_files_and_sends_their_partials_once(
     assert [(r.task_id, r.partials) for r in sent] == [("t0", {})]
     assert sent[0].packed is not None and sent[0].packed.merged == {"n": 6}
     assert sent[0].packed.row_id == packing.row_id(frozenset({"t0", "t1", "t2"}))
+
+
+def test_a_packed_infinite_min_or_max_reads_back_infinite(tmp_path: Path) -> None:
+    """orjson would pack an infinite float as null: a job with min/max stats is checked."""
+    specs = {
+        "lo": {"kind": "min", "field": "v", "k": None, "where": None},
+        "hi": {"kind": "max", "field": "v", "k": None, "where": None},
+    }
+    tasks = []
+    for i, text in enumerate(['{"v": -Infinity}\n', '{"v": 1.5}\n', '{"v": Infinity}\n']):
+        path = tmp_path / f"f{i}.jsonl"
+        path.write_text(text)
+        st = path.stat()
+        tasks.append(TaskSpec(f"t{i}", str(path), 0, None, st.st_size, st.st_mtime_ns))
+    runner = TaskRunner(JobSpec("jsonl", "utf-8", (), specs, False, str(tmp_path / "parts")))
+    packed = runner.run_batch(Batch.of(tuple(tasks)))[0].packed
+    assert packed is not None
+    members = packing.unpack(packed.members)
+    lows = [m[packing.M_PARTIALS]["lo"]["num"] for m in members]
+    assert lows == [-math.inf, 1.5, math.inf]
 
 
 class _Quiet:
