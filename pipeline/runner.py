@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import itertools
 import json
 import logging
@@ -115,6 +116,16 @@ def job_spec(cfg: PipelineConfig, parts_dir: Path) -> JobSpec:
         parts_dir=str(parts_dir),
         import_dirs=(str(cfg.base_dir),),
     )
+
+
+def freeze_heap() -> None:
+    """Put every object alive now (modules, the config, pydantic's schemas: some 30,000)
+    out of the cyclic garbage collector's sight, before the Manager and the workers are
+    forked. A full collection would walk them all: in this process, and in every worker,
+    where walking them also writes to every page of the inherited heap, so the kernel
+    copies it. Measured: a tenth off a run over 20,000 small files (bench/PROFILE.md).
+    Reference counting still frees them; only a cycle among them would stay."""
+    gc.freeze()
 
 
 def discover_inputs(cfg: PipelineConfig) -> Discovery:
@@ -230,6 +241,8 @@ class Run:
                     grace=self.cfg.execution.grace,
                 ),
             )
+            if kind == "process":
+                freeze_heap()
             manager = self._start_manager() if kind == "process" else None
             progress = Progress(
                 choose_mode(self.options.progress, self.options.quiet), plan.n_run, plan.run_bytes

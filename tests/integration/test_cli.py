@@ -455,6 +455,24 @@ def test_failing_call_step_fails_only_its_task(tmp_path: Path, job: Path) -> Non
     assert {reason for reason, name in rows if name != "c.log"} == {"unchanged"}
 
 
+GC_PLUGIN = """
+import gc
+
+def mark(record):
+    return {"frozen": gc.get_freeze_count()}
+"""
+
+
+def test_workers_start_with_the_parents_heap_frozen(tmp_path: Path, job: Path) -> None:
+    """Forked workers inherit a frozen heap: their full collections skip (and so never
+    copy) the parent's tens of thousands of objects."""
+    (tmp_path / "gcplug.py").write_text(GC_PLUGIN)
+    config = make_config(tmp_path, steps=[{"call": "gcplug:mark"}], stats={})
+    ok(run(config, "--set", "execution.start_method=fork"))
+    frozen = {r["frozen"] for r in map(json.loads, (tmp_path / "out" / "records.jsonl").open())}
+    assert frozen and min(frozen) > 10_000, frozen
+
+
 # --- entry points ----------------------------------------------------------------------
 
 
