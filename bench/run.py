@@ -289,6 +289,53 @@ def parallel_impls(data: Dataset, workers: int, parallel: str) -> list[Impl]:
     ]
 
 
+PER_FILE_SAMPLE = 200  # files of C or D timed with one GNU parallel job each
+
+
+def parallel_per_file(
+    result: JobResult, parallel: str, workers: int, repeat: int, timeout: float
+) -> str:
+    """GNU parallel with one job per file, on job C or D. A job is a Python start-up, so
+    20,000 of them would take minutes: the first ``PER_FILE_SAMPLE`` files are timed (and
+    their answer checked) and the time scaled to all the files, the cost of a job being
+    the same for every file; then set against the pipeline's best process variant."""
+    data = result.data
+    sample = data.files[:PER_FILE_SAMPLE]
+    listing = RUNS / f"files-{data.folder.name}-first{len(sample)}.txt"
+    RUNS.mkdir(parents=True, exist_ok=True)
+    listing.write_text("".join(f + "\n" for f in sample))
+    argv = [
+        *(parallel, "--will-cite", "-j", str(workers), "-a", str(listing)),
+        *(PY, str(BASELINES / "par_count.py"), "--job", data.job),
+    ]
+    impl = Impl("GNU parallel, one job per file", "parallel", workers, lambda _d: argv, json_lines)
+    runs = [measure(impl, timeout) for _ in range(repeat)]
+    failed = next((s.error for s in runs if s.error), None)
+    if failed:
+        return f"Job {data.job}: GNU parallel, one job per file, failed: {failed}"
+    expected = common.merge_all(common.process_item(data.job, f) for f in sample)
+    answers = [normalize(s.answer, data.job) if s.answer else None for s in runs]
+    answers_ok = answers == [normalize(expected, data.job)] * len(runs)
+    wall = statistics.median(s.wall for s in runs)
+    scaled = wall * len(data.files) / len(sample)
+    text = (
+        f"Job {data.job}: GNU parallel, one job per file, over the first {len(sample)} of "
+        f"{len(data.files):,} files: median {wall:.2f} s, {wall / len(sample) * 1000:.1f} ms "
+        f"a job (answer {'ok' if answers_ok else 'MISMATCH'}); scaled to all the files, "
+        f"{scaled:.0f} s"
+    )
+    ok = {
+        name: statistics.median(s.wall for s in runs)
+        for name, runs in result.samples.items()
+        if name.startswith("pipeline process") and runs and all(s.error is None for s in runs)
+    }
+    if ok:
+        best = min(ok, key=ok.__getitem__)
+        text += f": **{scaled / ok[best]:.0f}×** the time of {best} ({ok[best]:.2f} s)"
+    print(f"  {text}", flush=True)
+    return text + "."
+
+
 def wc_total(keys: list[str]) -> Callable[[str, Path], Answer]:
     def parse(stdout: str, _run_dir: Path) -> Answer:
         numbers = stdout.strip().splitlines()[-1].split()[: len(keys)]
@@ -801,8 +848,9 @@ def main(argv: list[str] | None = None) -> int:
         skipped.append("GNU parallel --pipepart for B, C and D (it splits one uncompressed file)")
     if parallel and any(j in args.jobs for j in "CD"):
         skipped.append(
-            "GNU parallel with one job per file for C and D (a Python start-up per "
-            "file): `-X` batches the files instead"
+            "GNU parallel with one job per file for all the files of C and D (a Python "
+            "start-up per file): timed on a sample and scaled (below); `-X` batches the "
+            "files in the tables"
         )
     for line in skipped:
         print(f"skipped: {line}", flush=True)
@@ -825,6 +873,18 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
 
     extras: list[str] = []
+    per_file = [r for r in results if r.data.job in "CD"] if parallel and not only else []
+    if per_file:
+        print("\n== GNU parallel, one job per file", flush=True)
+        extras += [
+            "## GNU parallel with one job per file (jobs C and D)",
+            "",
+            *(
+                f"- {parallel_per_file(r, parallel, args.workers, args.repeat, args.timeout)}"
+                for r in per_file
+            ),
+            "",
+        ]
     if args.incremental:
         print("\n== incremental re-run", flush=True)
         data = prepare("C", {"files": args.files_c}, args.seed)
