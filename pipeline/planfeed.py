@@ -12,7 +12,7 @@ ledger as it was before the plan, whatever this run commits meanwhile.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 
 from pipeline.discovery import Discovery
 from pipeline.models import Batch, InputFile
@@ -45,7 +45,7 @@ class PlanFeed:
         self._batcher = batcher
         self._recorder = ledger.plan_recorder(result_key, run_id)
         self._reader: Ledger | None = ledger.reader()
-        self._files: Iterator[tuple[InputFile, list[TaskRow]]] = join_rows(
+        self._files: Generator[tuple[InputFile, list[TaskRow]], None, None] = join_rows(
             files, self._reader.tasks_for_planning()
         )
         self._on_planned = on_planned
@@ -110,7 +110,9 @@ class PlanFeed:
         return batch
 
     def close(self) -> None:
-        """Release the ledger snapshot (the plan is over, or the run is)."""
+        """Release the ledger snapshot and the folders the walk holds open (the plan is
+        over, or the run is)."""
+        self._files.close()
         if self._reader is not None:
             self._reader.close()
             self._reader = None

@@ -13,7 +13,7 @@ import marshal
 import os
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import IO, NamedTuple
@@ -219,7 +219,7 @@ class Planner:
 
 def join_rows(
     files: Iterable[InputFile], rows: Iterable[TaskRow]
-) -> Iterator[tuple[InputFile, list[TaskRow]]]:
+) -> Generator[tuple[InputFile, list[TaskRow]], None, None]:
     """Each file with its ledger rows. Both come in path-byte order (discovery sorts, the
     ledger reads in order), so one pass pairs them and nothing is held per file; rows of
     files that are no longer inputs are passed over (their results stay in the store)."""

@@ -19,7 +19,8 @@ import pytest
 from pipeline import planning
 from pipeline.config import load_config
 from pipeline.planfeed import PlanFeed
-from pipeline.runner import Run, RunOptions, RunResult
+from pipeline.runner import Run, RunOptions, RunResult, discover_inputs, planner_for
+from pipeline.store.ledger import Ledger
 from tests.integration.helpers import (
     run_cli,
     small_log_path,
@@ -155,3 +156,43 @@ def test_a_stop_while_planning_leaves_a_store_the_next_run_completes(
     reference = run_cli("run", str(config(tmp_path, "reference")), "--progress", "none")
     assert reference.returncode == 0, reference.stderr
     assert_same_store(tmp_path / "out", tmp_path / "reference")
+
+
+def _open_folders(under: Path) -> set[str]:
+    """The folders under ``under`` this process holds open (Linux: /proc/self/fd)."""
+    held = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(under)):
+            held.add(target)
+    return held
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.usefixtures("small_steps")
+def test_a_feed_closed_mid_plan_lets_go_of_the_folders_it_walks(tmp_path: Path) -> None:
+    """The walk stats each file by name in its open folder: a plan stopped half-way
+    (a signal, an error) must not leave those folders open."""
+    data = tmp_path / "data"
+    for i in range(60):
+        write_small_log(data, i)
+    cfg = load_config(small_logs_config(tmp_path, "out"))
+    out = tmp_path / "out"
+    out.mkdir()
+    ledger = Ledger(out)
+    batcher = planning.Batcher(2, cfg.input.chunk_size)
+    run_id = ledger.start_run(cfg.name, cfg.result_key())
+    feed = PlanFeed(
+        ledger, discover_inputs(cfg), planner_for(cfg), batcher, cfg.result_key(), run_id
+    )
+    try:
+        feed.step()  # 7 files of 60: the walk is inside a folder
+        assert not feed.done and _open_folders(data)
+        feed.close()
+        assert _open_folders(data) == set()
+    finally:
+        batcher.close()
+        ledger.close()
