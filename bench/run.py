@@ -324,14 +324,14 @@ def parallel_per_file(
         f"a job (answer {'ok' if answers_ok else 'MISMATCH'}); scaled to all the files, "
         f"{scaled:.0f} s"
     )
-    ok = {
-        name: statistics.median(s.wall for s in runs)
-        for name, runs in result.samples.items()
-        if name.startswith("pipeline process") and runs and all(s.error is None for s in runs)
+    pipeline = {
+        name: statistics.median(s.wall for s in theirs)
+        for name, theirs in result.samples.items()
+        if name.startswith("pipeline process") and theirs and all(s.error is None for s in theirs)
     }
-    if ok:
-        best = min(ok, key=ok.__getitem__)
-        text += f": **{scaled / ok[best]:.0f}×** the time of {best} ({ok[best]:.2f} s)"
+    if pipeline:
+        best = min(pipeline, key=pipeline.__getitem__)
+        text += f": **{scaled / pipeline[best]:.0f}×** the time of {best} ({pipeline[best]:.2f} s)"
     print(f"  {text}", flush=True)
     return text + "."
 
