@@ -120,15 +120,22 @@ class Batch:
             return f"{first.path} ({first.describe_range()})"
         return f"{first.path} and {len(self.tasks) - 1} more files"
 
+    def fields(self) -> tuple[str, list[tuple[Any, ...]]]:
+        """Plain values that ``marshal`` writes: ``Batch.from_fields(*b.fields()) == b``."""
+        return self.batch_id, [t.fields() for t in self.tasks]
+
+    @classmethod
+    def from_fields(cls, batch_id: str, fields: list[tuple[Any, ...]]) -> Batch:
+        return cls(batch_id, tuple(TaskSpec(*f) for f in fields))
+
     def __reduce__(self) -> tuple[Any, tuple[bytes]]:
         # Every batch is pickled by the main process (the Pool's task thread, holding the
-        # GIL): as one marshal blob of its tasks' fields, in a third of the time.
-        return _unpack_batch, (marshal.dumps((self.batch_id, [tuple(t) for t in self.tasks])),)
+        # GIL): as one marshal blob of its fields, in a third of the time.
+        return _unpack_batch, (marshal.dumps(self.fields()),)
 
 
 def _unpack_batch(blob: bytes) -> Batch:
-    batch_id, fields = marshal.loads(blob)
-    return Batch(batch_id, tuple(TaskSpec(*f) for f in fields))
+    return Batch.from_fields(*marshal.loads(blob))
 
 
 @dataclass(frozen=True, slots=True)

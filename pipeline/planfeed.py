@@ -58,26 +58,24 @@ class PlanFeed:
         exhausted = True
         with self._ledger.recording(recorder):
             for file, rows in self._files:
-                if not rows and (task := planner.fresh_task(file)) is not None:
-                    plan.add_task(task)  # a new file, one task: nothing to record yet
+                task = None if rows else planner.fresh_task(file)
+                if task is not None:  # a new file, one task: nothing to record yet
+                    plan.add_task(task)
                     batcher.add(task)
-                    if plan.n_files % self.STEP_FILES == 0:
-                        exhausted = False
-                        break
-                    continue
-                decision = planner.decide(file, rows)
-                plan.add(decision)
-                run = decision.run
-                if rows or len(run) != 1 or not run[0].covers_file:
-                    recorder.file(
-                        file.path,
-                        rows,
-                        drop=decision.drop,
-                        touched_mtime=file.mtime_ns if decision.touched else None,
-                        run=run,
-                    )
-                for task in run:
-                    batcher.add(task)
+                else:
+                    decision = planner.decide(file, rows)
+                    plan.add(decision)
+                    run = decision.run
+                    if rows or len(run) != 1 or not run[0].covers_file:
+                        recorder.file(
+                            file.path,
+                            rows,
+                            drop=decision.drop,
+                            touched_mtime=file.mtime_ns if decision.touched else None,
+                            run=run,
+                        )
+                    for task in run:
+                        batcher.add(task)
                 if plan.n_files % self.STEP_FILES == 0:
                     exhausted = False
                     break

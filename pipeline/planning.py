@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import IO, NamedTuple
 
-from pipeline.chunking import SPLITTABLE_FORMATS, is_splittable, split_ranges
+from pipeline.chunking import is_splittable, split_ranges
 from pipeline.digest import file_digest
 from pipeline.errors import StoreError
 from pipeline.models import Batch, InputFile, TaskSpec, covers_file
@@ -159,13 +159,10 @@ class Planner:
         """The one task of a file the ledger has never seen, when it is one task (the
         usual case of a first run; ``decide`` in short); None when it is cut in ranges."""
         path, size, mtime_ns, compression = file
-        length: int | None
-        if compression is not None or self.fmt not in SPLITTABLE_FORMATS:
-            length = None  # whole, as new_tasks cuts it
-        elif size <= self.chunk_size:
-            length = size
-        else:
+        splittable = is_splittable(self.fmt, compression)
+        if splittable and size > self.chunk_size:
             return None
+        length = size if splittable else None  # as new_tasks cuts it
         reason = "full" if self.full else "new"
         return TaskSpec(
             task_id(path, 0, length, size, mtime_ns, self.result_key),
@@ -399,9 +396,7 @@ class Batcher:
         """The waiting batches go to the spool as one length-prefixed marshal blob of
         plain tuples (three times faster than pickling the objects; the file is this
         process's own, written and read back by it alone)."""
-        blob = marshal.dumps(
-            [(batch.batch_id, [t.fields() for t in batch.tasks]) for batch in self._ready]
-        )
+        blob = marshal.dumps([batch.fields() for batch in self._ready])
         try:
             if self._spool is None:
                 self._spool = tempfile.TemporaryFile(dir=self._spool_dir, prefix=".spool-")  # noqa: SIM115 - read back by take()
@@ -423,7 +418,7 @@ class Batcher:
         blob = self._spool.read(size)
         self._spool_read = self._spool.tell()
         for batch_id, tasks in marshal.loads(blob):
-            self._spooled.append(Batch(batch_id, tuple(TaskSpec(*t) for t in tasks)))
+            self._spooled.append(Batch.from_fields(batch_id, tasks))
         return True
 
     def finish(self) -> None:

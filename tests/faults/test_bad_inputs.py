@@ -438,6 +438,23 @@ CASES = [
 ]
 
 
+def run_mutating(
+    tmp_path: Path, out: Path, action: str, target: Path
+) -> tuple[Path, dict[str, str], CliResult]:
+    """One worker runs ``data/*.log`` through the mutate plugin, which does ``action`` to
+    ``target`` once (on its first ``@@MUTATE@@`` record): the config, the plugin's
+    environment (for the runs after) and the first run's result."""
+    data = tmp_path / "data"
+    cfg = make_config(tmp_path, [str(data / "*.log")], out, workers=1, steps=[{"call": PLUGIN}])
+    env = {
+        "FAULTS_MUTATE": f"{action}:{target}",
+        "FAULTS_MUTATE_ONCE": str(tmp_path / "mutated.once"),
+    }
+    res = run_cli("run", str(cfg), timeout=T, env=env)
+    assert (tmp_path / "mutated.once").exists(), "the plugin never fired"
+    return cfg, env, res
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("action", "when"), CASES, ids=[f"{a}-{w}" for a, w in CASES])
 def test_file_changed_after_discovery_fails_then_reruns(
@@ -459,13 +476,7 @@ def test_file_changed_after_discovery_fails_then_reruns(
     other.write_bytes(tagged("OTHER", 30))
 
     out = tmp_path / "out"
-    cfg = make_config(tmp_path, [str(data / "*.log")], out, workers=1, steps=[{"call": PLUGIN}])
-    env = {
-        "FAULTS_MUTATE": f"{action}:{target}",
-        "FAULTS_MUTATE_ONCE": str(tmp_path / "mutated.once"),
-    }
-    res = run_cli("run", str(cfg), timeout=T, env=env)
-    assert (tmp_path / "mutated.once").exists(), "the plugin never fired"
+    cfg, env, res = run_mutating(tmp_path, out, action, target)
     assert res.returncode == 1, res.stderr
     assert_no_traceback(res)
     report = read_json(out / "report.json")
@@ -521,13 +532,7 @@ def test_small_file_changed_after_its_read_is_processed_as_read(
     target.write_bytes(target_content)
     other.write_bytes(tagged("OTHER", 30))
     out = tmp_path / "out"
-    cfg = make_config(tmp_path, [str(data / "*.log")], out, workers=1, steps=[{"call": PLUGIN}])
-    env = {
-        "FAULTS_MUTATE": f"{action}:{target}",
-        "FAULTS_MUTATE_ONCE": str(tmp_path / "mutated.once"),
-    }
-    res = run_cli("run", str(cfg), timeout=T, env=env)
-    assert (tmp_path / "mutated.once").exists(), "the plugin never fired"
+    cfg, env, res = run_mutating(tmp_path, out, action, target)
     assert res.returncode == 0, res.stderr
     assert read_json(out / "report.json")["tasks"]["done"] == 2
     as_read = expected_lines(target_content)[0] + expected_lines(other.read_bytes())[0]

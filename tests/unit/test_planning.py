@@ -18,6 +18,7 @@ from pipeline.planning import (
     REASONS,
     Batcher,
     Plan,
+    Planner,
     join_rows,
     make_batches,
     make_plan,
@@ -202,6 +203,25 @@ def test_new_tasks_whole_file_for_csv_bytes_and_compressed(fmt: str, compression
     assert (task.offset, task.length, task.compression) == (0, None, compression)
     assert task.task_id == task_id("/d/a.x", 0, None, 10_000, MTIME, KEY)
     assert task.describe_range() == "whole file"
+
+
+@given(
+    size=st.integers(0, 1000),
+    chunk_size=st.integers(1, 1000),
+    fmt=st.sampled_from(["lines", "jsonl", "csv", "bytes"]),
+    compression=st.sampled_from([None, "gz", "zst"]),
+    full=st.booleans(),
+)
+def test_the_short_plan_of_a_new_file_is_the_general_one(
+    size: int, chunk_size: int, fmt: str, compression: str | None, full: bool
+) -> None:
+    """``Planner.fresh_task`` (a run's short path) gives the one task ``decide`` gives a
+    new file, and nothing for a file ``decide`` cuts in several ranges."""
+    planner = Planner(fmt, chunk_size, KEY, None, full)
+    file = InputFile("/d/a.x", size, MTIME, compression)
+    general = planner.decide(file, []).run
+    short = planner.fresh_task(file)
+    assert ([short] if short is not None else None) == (general if len(general) == 1 else None)
 
 
 # --- make_plan: reasons ----------------------------------------------------------------
