@@ -585,6 +585,94 @@ def incremental(data: Dataset, workers: int, repeat: int, timeout: float) -> lis
     ]
 
 
+PYDANTIC_FIRST_MODEL = "import pydantic\nclass M(pydantic.BaseModel):\n    x: int = 0\n"
+
+
+def _one_file_impls(job: str, seed: int, workers: int) -> tuple[Impl, Impl]:
+    """The pipeline (process, async) and raw Pool's script on the job's data of one file,
+    named as in the job's table."""
+    data = prepare(job, {"files": 1}, seed)
+    pipe = pipeline_impl(job, data.folder, "process", workers, "async")
+    raw = next(i for i in baseline_impls(job, data.folder, workers) if i.name.startswith("raw"))
+    return pipe, raw
+
+
+def fixed_costs(
+    results: list[JobResult], seed: int, workers: int, repeat: int, timeout: float
+) -> list[str]:
+    """What a run costs before its first file, against raw Pool's script: both on jobs C
+    and D with one file, alternating with the interpreter alone, pydantic alone (its
+    import and first model, which builds its schema machinery) and the pipeline's
+    imports. With the job's full result, each side's cost per further file follows."""
+
+    def code(text: str) -> Callable[[Path], list[str]]:
+        return lambda _run_dir: [PY, "-c", text]
+
+    start = [
+        Impl("the interpreter (`python -c pass`)", "native", 1, code("pass"), None),
+        Impl("pydantic: import, first model", "native", 1, code(PYDANTIC_FIRST_MODEL), None),
+        Impl("the pipeline's imports", "native", 1, code("import pipeline.runner"), None),
+    ]
+    jobs = {r.data.job: r for r in results if r.data.job in "CD"}
+    pairs = {job: _one_file_impls(job, seed, workers) for job in jobs}
+    labelled = [(impl.name, impl) for impl in start] + [
+        (f"job {job}, 1 file: {impl.name}", impl) for job, pair in pairs.items() for impl in pair
+    ]
+    walls: dict[str, list[float]] = {label: [] for label, _ in labelled}
+    cpus: dict[str, list[float]] = {label: [] for label, _ in labelled}
+    for r in range(repeat):
+        k = r % len(labelled)
+        for label, impl in labelled[k:] + labelled[:k]:
+            sample = measure(impl, timeout)
+            if sample.error:
+                return [f"fixed costs: {label} failed: {sample.error}"]
+            walls[label].append(sample.wall)
+            cpus[label].append(sample.cpu)
+    wall = {label: statistics.median(v) for label, v in walls.items()}
+    lines = [
+        f"Median of {repeat}, alternating. The pipeline's imports are those of a run "
+        "(`import pipeline.runner`: pydantic and the config models among them).",
+        "",
+        "| what | wall s | CPU s |",
+        "|---|--:|--:|",
+        *(
+            f"| {label} | {wall[label]:.3f} | {statistics.median(cpus[label]):.3f} |"
+            for label in walls
+        ),
+        "",
+        f"- pydantic alone takes {wall[start[1].name] - wall[start[0].name]:.3f} s over the "
+        "bare interpreter.",
+    ]
+    for job, (pipe, raw) in pairs.items():
+        fixed_pipe, fixed_raw = (
+            wall[f"job {job}, 1 file: {pipe.name}"],
+            wall[f"job {job}, 1 file: {raw.name}"],
+        )
+        print(
+            f"  job {job}, 1 file: pipeline {fixed_pipe:.3f}s, raw Pool {fixed_raw:.3f}s",
+            flush=True,
+        )
+        text = (
+            f"- Job {job}: a run's fixed cost is {fixed_pipe:.3f} s for the pipeline, "
+            f"{fixed_raw:.3f} s for raw Pool ({fixed_pipe - fixed_raw:+.3f} s)"
+        )
+        full = {
+            name: statistics.median(s.wall for s in runs)
+            for name, runs in jobs[job].samples.items()
+            if runs and all(s.error is None for s in runs)
+        }
+        n = len(jobs[job].data.files) - 1
+        if n > 0 and pipe.name in full and raw.name in full:
+            per_pipe = (full[pipe.name] - fixed_pipe) / n * 1e6
+            per_raw = (full[raw.name] - fixed_raw) / n * 1e6
+            text += (
+                f"; each further file ({n + 1:,} files against 1) {per_pipe:.1f} µs against "
+                f"{per_raw:.1f} µs of wall time ({per_pipe / per_raw:.2f}×)"
+            )
+        lines.append(text + ".")
+    return lines
+
+
 def memory_check(
     cases: list[tuple[str, dict[str, int]]], seed: int, workers: int, timeout: float
 ) -> list[str]:
@@ -883,6 +971,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"- {parallel_per_file(r, parallel, args.workers, args.repeat, args.timeout)}"
                 for r in per_file
             ),
+            "",
+        ]
+    if any(r.data.job in "CD" for r in results):
+        print("\n== fixed costs", flush=True)
+        extras += [
+            "## Fixed cost of a run, and cost per file (jobs C and D)",
+            "",
+            *fixed_costs(results, args.seed, args.workers, max(5, args.repeat), args.timeout),
             "",
         ]
     if args.incremental:
