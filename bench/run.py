@@ -428,6 +428,14 @@ class JobResult:
     reference: Answer | None
     mismatches: list[str]
 
+    def wall_medians(self) -> dict[str, float]:
+        """Median wall time of each implementation none of whose runs failed."""
+        return {
+            name: statistics.median(s.wall for s in runs)
+            for name, runs in self.samples.items()
+            if runs and all(s.error is None for s in runs)
+        }
+
 
 def run_job(data: Dataset, impls: list[Impl], repeat: int, timeout: float) -> JobResult:
     print(
@@ -477,11 +485,7 @@ def job_table(result: JobResult) -> list[str]:
     data = result.data
     per_file = data.job in ("C", "D")
     unit = "files/s" if per_file else "MB/s"
-    medians = {
-        name: statistics.median(s.wall for s in runs)
-        for name, runs in result.samples.items()
-        if runs and all(s.error is None for s in runs)
-    }
+    medians = result.wall_medians()
     raw = medians.get("raw Pool.imap_unordered")
     lines = [
         f"| implementation | workers | median wall s | {unit} | × raw Pool | CPU s "
@@ -520,11 +524,7 @@ def job_table(result: JobResult) -> list[str]:
 def pipeline_vs_raw(result: JobResult) -> str | None:
     """One line: the pipeline's best process variant and its serial executor against the
     raw Pool, and what a second worker buys the pipeline."""
-    ok = {
-        name: statistics.median(s.wall for s in runs)
-        for name, runs in result.samples.items()
-        if runs and all(s.error is None for s in runs)
-    }
+    ok = result.wall_medians()
     raw = ok.get("raw Pool.imap_unordered")
     process = [n for n in ok if n.startswith("pipeline process")]
     if raw is None or not process:
@@ -656,11 +656,7 @@ def fixed_costs(
             f"- Job {job}: a run's fixed cost is {fixed_pipe:.3f} s for the pipeline, "
             f"{fixed_raw:.3f} s for raw Pool ({fixed_pipe - fixed_raw:+.3f} s)"
         )
-        full = {
-            name: statistics.median(s.wall for s in runs)
-            for name, runs in jobs[job].samples.items()
-            if runs and all(s.error is None for s in runs)
-        }
+        full = jobs[job].wall_medians()
         n = len(jobs[job].data.files) - 1
         if n > 0 and pipe.name in full and raw.name in full:
             per_pipe = (full[pipe.name] - fixed_pipe) / n * 1e6
