@@ -14,7 +14,7 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 # The venv is (re)built only when missing or when pyproject.toml is newer than the stamp.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,dask]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -33,10 +33,11 @@ data: $(STAMP)
 	$(BIN)/python data/generate.py --scale 50 --out data/generated
 
 # bench/run.py: pipeline vs hand-written baselines (joblib, mpire, dask.bag from the `bench`
-# extra; GNU parallel if installed). Results in bench/RESULTS.md. Example:
+# extra; GNU parallel if installed), the dask executor on a local cluster among the
+# pipeline's rows. Results in bench/RESULTS.md. Example:
 #   make bench BENCH_ARGS="--quick"      # small data, one repeat: smoke test of the harness
 $(BENCH_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,dask,bench]'
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

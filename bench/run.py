@@ -211,7 +211,12 @@ def pipeline_impl(
         stats = json.loads(((out or run_dir / "out") / "stats.json").read_text())
         return {key: stats[key] for key in keys}
 
-    name = "pipeline serial" if executor == "serial" else f"pipeline {executor} w{workers} {submit}"
+    if executor == "serial":
+        name = "pipeline serial"
+    elif executor == "dask":
+        name = f"pipeline dask w{workers} (local cluster)"
+    else:
+        name = f"pipeline {executor} w{workers} {submit}"
     return Impl(name, "pipeline", workers, argv, parse, env={"BENCH_DATA": str(data)})
 
 
@@ -221,6 +226,8 @@ def pipeline_impls(job: str, data: Path, workers: int) -> list[Impl]:
         for n in sorted({1, workers})
         for submit in ("async", "imap")
     ]
+    if job in "AB" and importlib.util.find_spec("distributed") is not None:
+        impls.append(pipeline_impl(job, data, "dask", workers, "async"))
     return [*impls, pipeline_impl(job, data, "serial", 1, "async")]
 
 
@@ -923,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
     parallel = gnu_parallel()
     skipped = [
         f"{m} (not installed: `make bench` installs the bench extra)"
-        for m in ("joblib", "mpire", "dask")
+        for m in ("joblib", "mpire", "dask", "distributed")
         if importlib.util.find_spec(m) is None
     ]
     if parallel is None:

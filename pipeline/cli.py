@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
         from pipeline.runner import run as run_job
 
         cfg = _load(args.config, overrides)
-        options = RunOptions(full=args.full, progress=args.progress, quiet=args.quiet)
+        options = RunOptions(
+            full=args.full, progress=args.progress, quiet=args.quiet, debug=args.debug
+        )
         return run_job(cfg, options).exit_code
     except BaseException as exc:
         if isinstance(exc, SystemExit):

@@ -411,6 +411,10 @@ class OutputConfig(_Model):
         return "none" if value is None else value
 
 
+SCHEDULER_ADDRESS = re.compile(r"(tcp|tls|ws|wss|ucx|inproc)://\S+")
+HOST_PORT = re.compile(r"[\w.\-\[\]:]+:\d+")
+
+
 class ExecutionConfig(_Model):
     """``execution:``: how tasks run; none of it changes the results."""
 
@@ -423,6 +427,47 @@ class ExecutionConfig(_Model):
     start_method: Literal["auto", "fork", "spawn", "forkserver"] = "auto"
     max_failures: int | str | None = None
     address: str | None = None
+    dashboard: str | None = None
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _address(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        text = value.strip() if isinstance(value, str) else ""
+        if not (SCHEDULER_ADDRESS.fullmatch(text) or HOST_PORT.fullmatch(text)):
+            _fail(
+                "expected a Dask scheduler's address like tcp://host:8786 or tls://host:8786, "
+                f"got {describe_value(value)}"
+            )
+        return text
+
+    @field_validator("dashboard", mode="before")
+    @classmethod
+    def _dashboard(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        text = value.strip() if isinstance(value, str) else str(value)
+        if text.isdigit():
+            text = f":{text}"
+        if not HOST_PORT.fullmatch(text if not text.startswith(":") else f"0.0.0.0{text}"):
+            _fail(f"expected where to serve it, like :8787 or 127.0.0.1:8787, got {value!r}")
+        return text
+
+    @model_validator(mode="after")
+    def _dashboard_is_local(self) -> ExecutionConfig:
+        if self.dashboard is not None and (self.executor != "dask" or self.address):
+            raise PydanticCustomError(
+                "pipeline",
+                "{message}",
+                {
+                    "message": "'dashboard' is the dashboard of the local Dask cluster a "
+                    "run starts (executor: dask without an address); a scheduler of your own "
+                    "serves its dashboard itself",
+                    "sub": [],
+                },
+            )
+        return self
 
     @field_validator("workers", mode="before")
     @classmethod

@@ -52,6 +52,11 @@ class LedgerCorruptError(StoreError):
     exit_code = ExitCode.USAGE
 
 
+class ClusterError(PipelineError):
+    """The Dask cluster cannot be used: unreachable, no TLS credentials, workers of another
+    pipeline version. Nothing was run."""
+
+
 class ExecutionError(PipelineError):
     """The executor cannot go on (workers keep dying at start-up)."""
 

@@ -43,6 +43,9 @@ class JobSpec:
     write_records: bool
     parts_dir: str
     import_dirs: tuple[str, ...] = ()
+    # True: a batch's records travel back with its result (its worker cannot reach
+    # ``parts_dir``) and the main process writes the part file.
+    records_back: bool = False
 
 
 def covers_file(offset: int, length: int | None, size: int) -> bool:

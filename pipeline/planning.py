@@ -298,32 +298,55 @@ def _task_work(task: TaskSpec) -> int:
     return _task_bytes(task) * (COMPRESSED_WORK if task.compression else 1)
 
 
-def make_batches(tasks: Sequence[TaskSpec], workers: int, chunk_size: int) -> list[Batch]:
+@dataclass(frozen=True)
+class BatchShape:
+    """How coarsely small tasks are grouped, for an executor whose cost per batch is what
+    it is: a task with at least ``min(chunk_size * chunks / 8, alone_work)`` of work goes
+    alone; smaller ones go into batches of at most ``chunk_size * chunks`` of work and
+    ``per_batch`` tasks, and of a count that gives every worker about ``per_worker``."""
+
+    alone_work: int
+    per_batch: int
+    per_worker: int
+    chunks: int = 1
+
+    def alone_threshold(self, chunk_size: int) -> int:
+        return max(1, min(chunk_size * self.chunks // 8, self.alone_work))
+
+
+POOL_BATCHES = BatchShape(alone_work=ALONE_WORK, per_batch=256, per_worker=8)
+"""A Pool's round trip costs well under a millisecond."""
+
+DASK_BATCHES = BatchShape(alone_work=4 << 20, per_batch=4096, per_worker=4, chunks=4)
+"""A Dask task costs 2-8 ms of overhead (scheduler, events, fetching the result): each
+should carry a few hundred milliseconds of work."""
+
+
+def make_batches(
+    tasks: Sequence[TaskSpec], workers: int, chunk_size: int, shape: BatchShape | None = None
+) -> list[Batch]:
     """``Batcher`` over a list of tasks (put in path order first if they are not)."""
-    threshold = _alone_threshold(chunk_size)
+    shape = shape or POOL_BATCHES
+    threshold = shape.alone_threshold(chunk_size)
     small = [t for t in tasks if _task_work(t) < threshold]
     if not all(_path_order(a) <= _path_order(b) for a, b in pairwise(small)):
         small.sort(key=_path_order)  # a plan is in path order already: no keys to hold
-    batcher = Batcher(workers, chunk_size)
+    batcher = Batcher(workers, chunk_size, shape=shape)
     for task in (*(t for t in tasks if _task_work(t) >= threshold), *small):
         batcher.add(task)
     return list(batcher.batches())
-
-
-def _alone_threshold(chunk_size: int) -> int:
-    return max(1, min(chunk_size // 8, ALONE_WORK))
 
 
 class Batcher:
     """Groups small tasks into batches as they are planned; big ones travel alone,
     largest first.
 
-    A task of at least ``min(chunk_size / 8, ALONE_WORK)`` work is a batch of its own.
-    Smaller ones go, in the order they come (path order), into batches of at most
-    ``chunk_size`` work and of a count that still gives every worker about eight batches
-    (at most 256 tasks each): enough to balance the load, few enough that per-batch costs
-    vanish. The count needs the number of small tasks, so the first ones wait until that
-    is known or large enough not to matter.
+    With the Pool's ``shape``, a task of at least ``min(chunk_size / 8, ALONE_WORK)`` work
+    is a batch of its own. Smaller ones go, in the order they come (path order), into
+    batches of at most ``chunk_size`` work and of a count that still gives every worker
+    about eight batches (at most 256 tasks each): enough to balance the load, few enough
+    that per-batch costs vanish. The count needs the number of small tasks, so the first
+    ones wait until that is known or large enough not to matter.
 
     Batches can be taken while tasks are still being added (``take``): the run starts
     executing while it plans. Small batches come out in the order they were made: the
@@ -334,14 +357,21 @@ class Batcher:
 
     SPOOL_AFTER = 4096  # tasks of the first batches, kept in memory (about 1 MB)
 
-    def __init__(self, workers: int, chunk_size: int, spool_dir: str | None = None) -> None:
-        self.chunk_size = chunk_size
+    def __init__(
+        self,
+        workers: int,
+        chunk_size: int,
+        spool_dir: str | None = None,
+        shape: BatchShape | None = None,
+    ) -> None:
+        self.shape = shape = shape or POOL_BATCHES
+        self.max_work = chunk_size * shape.chunks
         self.workers = max(1, workers)
-        self.threshold = _alone_threshold(chunk_size)
+        self.threshold = shape.alone_threshold(chunk_size)
         self.big: list[TaskSpec] = []
         self._waiting: list[TaskSpec] | None = []  # small tasks before the count is known
-        self._enough = MAX_PER_BATCH * self.workers * 8
-        self._per_batch = MAX_PER_BATCH
+        self._enough = shape.per_batch * self.workers * shape.per_worker
+        self._per_batch = shape.per_batch
         self._group: list[TaskSpec] = []
         self._group_work = 0
         self._head: deque[Batch] = deque()  # the first batches, in memory
@@ -365,7 +395,7 @@ class Batcher:
         else:
             self._waiting.append(task)
             if len(self._waiting) >= self._enough:  # the count is large: 256 a batch
-                self._release(MAX_PER_BATCH)
+                self._release(self.shape.per_batch)
 
     def _release(self, per_batch: int) -> None:
         waiting, self._waiting = self._waiting or [], None
@@ -375,7 +405,7 @@ class Batcher:
 
     def _grouped(self, task: TaskSpec, work: int) -> None:
         group = self._group
-        if group and (len(group) >= self._per_batch or self._group_work + work > self.chunk_size):
+        if group and (len(group) >= self._per_batch or self._group_work + work > self.max_work):
             self._emit()
             group = self._group
         group.append(task)
@@ -427,7 +457,8 @@ class Batcher:
             return
         self.finished = True
         if self._waiting is not None:
-            self._release(max(1, min(MAX_PER_BATCH, len(self._waiting) // (self.workers * 8))))
+            per_worker = self.workers * self.shape.per_worker
+            self._release(max(1, min(self.shape.per_batch, len(self._waiting) // per_worker)))
         if self._group:
             self._emit()
         self.big.sort(key=_task_work, reverse=True)  # largest first, ties in path order
@@ -458,5 +489,4 @@ class Batcher:
             self._spool = None
 
 
-MAX_PER_BATCH = 256
 SPOOL_CHUNK = 16  # batches written to the spool at a time

@@ -19,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import hashlib
 import itertools
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -34,13 +36,20 @@ from typing import Any
 from pipeline import worker
 from pipeline.config import PipelineConfig
 from pipeline.discovery import Discovery
-from pipeline.errors import ConfigError, ExecutionError, ExitCode, StoreError
-from pipeline.executors import ExecutorOptions, Outcome, make_executor
-from pipeline.executors.process import get_context, helpers_shielded
+from pipeline.errors import ExecutionError, ExitCode, StoreError
+from pipeline.executors import (
+    DaskOptions,
+    Executor,
+    ExecutorOptions,
+    Outcome,
+    PoolOptions,
+    make_executor,
+)
+from pipeline.executors.shield import get_context, helpers_shielded
 from pipeline.live import LiveStats
 from pipeline.models import JobSpec, TaskResult, TaskSpec
 from pipeline.planfeed import PlanFeed
-from pipeline.planning import Batcher, Plan, Planner
+from pipeline.planning import DASK_BATCHES, Batcher, Plan, Planner
 from pipeline.reporting import Progress, choose_mode, summary_lines
 from pipeline.store import merge, parts
 from pipeline.store.atomic import make_dirs, remove_temp_files
@@ -62,6 +71,7 @@ class RunOptions:
     full: bool = False
     progress: str = "auto"
     quiet: bool = False
+    debug: bool = False
 
 
 @dataclass
@@ -116,6 +126,13 @@ def job_spec(cfg: PipelineConfig, parts_dir: Path) -> JobSpec:
         parts_dir=str(parts_dir),
         import_dirs=(str(cfg.base_dir),),
     )
+
+
+def plugin_name(cfg: PipelineConfig) -> str:
+    """The name of a job's plugin on a Dask cluster: the same for every run of one config,
+    so a run replaces what an earlier one (killed, say) left registered."""
+    digest = hashlib.sha256(os.fsencode(str(cfg.config_path))).hexdigest()[:16]
+    return f"pipeline-{re.sub(r'[^A-Za-z0-9_.-]', '_', cfg.name)[:40]}-{digest}"
 
 
 def freeze_heap() -> None:
@@ -190,23 +207,53 @@ class Run:
         self.signals = StopSignals()
 
     def execute(self) -> RunResult:
-        if self.cfg.execution.executor == "dask":
-            raise ConfigError(
-                f"{self.cfg.config_path}: execution.executor: 'dask' is not available in "
-                "this version; use 'process' or 'serial'"
-            )
         files = discover_inputs(self.cfg)
-        make_dirs(self.out_dir)
-        with RunLock(self.out_dir), self.signals:
-            return self._locked(files)
+        executor = self._executor(self.cfg.execution.executor)
+        try:
+            # Before the store is touched: a remote cluster is reached and checked, the
+            # plugin modules to ship are collected (either can fail with exit 2).
+            executor.prepare()
+            make_dirs(self.out_dir)
+            with RunLock(self.out_dir), self.signals:
+                return self._locked(files, executor)
+        finally:
+            executor.close()
 
-    def _locked(self, files: Discovery) -> RunResult:
+    def _executor(self, kind: str) -> Executor:
+        execution = self.cfg.execution
+        options = ExecutorOptions(
+            job=job_spec(self.cfg, self.parts_dir),
+            workers=self.cfg.workers_resolved(),
+            retries=execution.retries,
+            timeout=execution.timeout,
+            grace=execution.grace,
+        )
+        return make_executor(
+            kind,
+            options,
+            pool=PoolOptions(execution.submit, execution.start_method),
+            dask=DaskOptions(
+                address=execution.address,
+                dashboard=execution.dashboard,
+                config_dir=str(self.cfg.base_dir),
+                plugin_name=plugin_name(self.cfg),
+                debug=self.options.debug,
+            ),
+        )
+
+    def _locked(self, files: Discovery, configured: Executor) -> RunResult:
         started = time.time()
         parts.prepare(str(self.parts_dir))
         remove_temp_files(self.out_dir)  # outputs a kill -9 interrupted mid-write
         # Planned tasks go straight into batches (spooled to a temporary file beside the
         # outputs): no list of every task is ever held.
-        batcher = Batcher(self.cfg.workers_resolved(), self.cfg.input.chunk_size, str(self.out_dir))
+        dask = self.cfg.execution.executor == "dask"
+        batcher = Batcher(
+            configured.parallelism(),
+            self.cfg.input.chunk_size,
+            str(self.out_dir),
+            DASK_BATCHES if dask else None,  # None: the Pool's shape
+        )
         ledger = Ledger(self.out_dir)
         feed: PlanFeed | None = None
         manager: SyncManager | None = None
@@ -229,21 +276,10 @@ class Run:
                 feed.plan_until(lambda plan: plan.n_run > 0)  # no pool for nothing to do
             plan = feed.plan
             kind = self._executor_kind(feed)
-            executor = make_executor(
-                kind,
-                ExecutorOptions(
-                    job=job_spec(self.cfg, self.parts_dir),
-                    workers=self.cfg.workers_resolved(),
-                    submit=self.cfg.execution.submit,
-                    start_method=self.cfg.execution.start_method,
-                    retries=self.cfg.execution.retries,
-                    timeout=self.cfg.execution.timeout,
-                    grace=self.cfg.execution.grace,
-                ),
-            )
+            executor = configured if kind == self.cfg.execution.executor else self._executor(kind)
             if kind == "process":
                 freeze_heap()
-            manager = self._start_manager() if kind == "process" else None
+            manager = self._start_manager() if kind in ("process", "dask") else None
             progress = Progress(
                 choose_mode(self.options.progress, self.options.quiet), plan.n_run, plan.run_bytes
             )

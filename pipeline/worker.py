@@ -1,32 +1,43 @@
 """The only code that runs in worker processes: a batch of tasks in, small results out.
 
-``init_worker`` (the Pool initializer) compiles the job once per process: the step chain,
-the aggregators, the plugin folders on ``sys.path``. It also ignores SIGINT (Ctrl-C is the
-parent's business: it reaches the whole process group) and starts a thread that ends the
-process when the parent dies, so no orphan keeps writing into the output directory.
+``execute`` is the one entry point of every executor (the Pool's ``pool_run``, the
+serial executor, the Dask worker's ``remote.run_remote``): a job and a batch in, a
+``BatchOutput`` out — every task's result and, when the job says its records travel back
+(``JobSpec.records_back``: the output store is not on this machine), the batch's part
+bytes. The job is compiled once per process (the step chain, the aggregators, the plugin
+folders on ``sys.path``) and kept for the next batches.
 
-``pool_run`` never raises: every failure becomes a ``TaskResult(ok=False)`` carrying plain
+``init_worker`` (the Pool initializer) compiles the job up front. It also ignores SIGINT
+(Ctrl-C is the parent's business: it reaches the whole process group) and starts a thread
+that ends the process when the parent dies, so no orphan keeps writing into the output
+directory.
+
+``execute`` never raises: every failure becomes a ``TaskResult(ok=False)`` carrying plain
 strings, so nothing unpicklable or unexpected reaches the Pool's result thread.
 
-The compiled job lives in ``_PROCESS`` — the single per-process slot that a Pool
-initializer needs to hand state to later tasks; the parent never touches it.
+Compiled jobs live in ``_PROCESS`` — the single per-process slot that a Pool initializer
+(or a Dask worker's earlier task) needs to hand state to later tasks.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import json
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import signal
 import sys
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from pipeline import aggregates, fastpath, readers, steps
 from pipeline.digest import reads_small_file
@@ -88,7 +99,11 @@ class TaskRunner:
         """Every task of the batch, records into one part file. A task that fails leaves
         nothing in the part; the others are unaffected. The done whole files of a batch
         of several are packed for their ledger row (``TaskResult.packed``, on the first)."""
-        results = self._run_batch(batch)
+        return self.execute(batch).results
+
+    def execute(self, batch: Batch) -> BatchOutput:
+        """``run_batch``, with the part's bytes when they travel back."""
+        results, part = self._run_batch(batch)
         done = [(task, r) for task, r in zip(batch.tasks, results, strict=True) if r.ok]
         if len(done) > 1 and all(task.covers_file for task, _ in done):
             try:
@@ -96,29 +111,38 @@ class TaskRunner:
                 done[0][1].packed = pack_tasks(done, merged, extremes=self.extremes)
             except Exception:  # unpacked, they are committed one row each
                 log.exception("%s: cannot pack the batch's results", batch.describe())
-        return results
+        return BatchOutput(batch.batch_id, results, part)
 
-    def _run_batch(self, batch: Batch) -> list[TaskResult]:
+    def _part(self, batch: Batch) -> contextlib.AbstractContextManager[BinaryIO]:
+        if self.job.records_back:
+            return contextlib.nullcontext(io.BytesIO())
+        return part_writer(self.job.parts_dir, batch.part_name)
+
+    def _run_batch(self, batch: Batch) -> tuple[list[TaskResult], bytes | None]:
         if not self.job.write_records:
-            return [self._run(task, None) for task in batch.tasks]
+            return [self._run(task, None) for task in batch.tasks], None
         results: list[TaskResult] = []
+        part = None
         try:
-            with part_writer(self.job.parts_dir, batch.part_name) as handle:
+            with self._part(batch) as handle:
                 for task in batch.tasks:
                     results.append(self._run(task, handle))
                 if handle.tell() == 0:
                     raise _NothingToPublish
+                if isinstance(handle, io.BytesIO):
+                    part = handle.getvalue()
         except _NothingToPublish:
-            return results  # no records at all: no part file
+            return results, None  # no records at all: no part file
         except Exception as exc:  # the part could not be published (a full disk...)
-            return [
+            failed = [
                 _failed(task, f"{task.path}: cannot write {batch.part_name}: {exc}")
                 for task in batch.tasks
             ]
+            return failed, None
         for result in results:
             if result.ok:
                 result.part = batch.part_name
-        return results
+        return results, part
 
     def run(self, task: TaskSpec) -> TaskResult:
         """One task on its own (a batch of one)."""
@@ -311,6 +335,64 @@ def watch_parent() -> None:
     threading.Thread(target=_exit_when_parent_dies, name="parent-watch", daemon=True).start()
 
 
+class BatchOutput(NamedTuple):
+    """What a worker hands back for a batch: every task's result (slimmed: see
+    ``packing.slim_results``) and, with ``JobSpec.records_back``, the part's bytes."""
+
+    batch_id: str
+    results: list[TaskResult]
+    part: bytes | None = None
+
+
+COMPILED_KEPT = 4  # compiled jobs a process keeps (a Dask worker may serve several jobs)
+
+
+def job_key(job: JobSpec) -> bytes:
+    """Equal for equal jobs: the cache key of their compiled form."""
+    return pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def compiled(job: JobSpec) -> TaskRunner:
+    """This process's compiled form of ``job``, built on first use (plugins imported,
+    steps compiled) and kept for later batches; raises what compiling raised."""
+    cache: OrderedDict[bytes, TaskRunner | str] = _PROCESS.setdefault("compiled", OrderedDict())
+    key = job_key(job)
+    runner = cache.get(key)
+    if runner is None:
+        try:
+            runner = TaskRunner(job)
+        except BaseException as exc:  # a plugin's import may raise anything
+            runner = f"{type(exc).__name__}: {exc}"
+        cache[key] = runner
+        while len(cache) > COMPILED_KEPT:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    if isinstance(runner, str):
+        raise WorkerStartError(runner)
+    return runner
+
+
+class WorkerStartError(Exception):
+    """The job cannot be compiled in this process (a plugin fails to import...)."""
+
+
+def failed_output(batch: Batch, message: str) -> BatchOutput:
+    """Every task of ``batch`` failed with ``message`` (the worker cannot run it)."""
+    return BatchOutput(batch.batch_id, [_failed(t, f"{t.path}: {message}") for t in batch.tasks])
+
+
+def execute(job: JobSpec, batch: Batch) -> BatchOutput:
+    """The one entry point: a batch of ``job`` in, its results (and part bytes) out.
+    Never raises: a job that cannot be compiled fails every task of the batch."""
+    try:
+        runner = compiled(job)
+    except WorkerStartError as exc:
+        return failed_output(batch, f"cannot start the worker: {exc}")
+    output = runner.execute(batch)
+    return output._replace(results=slim_results(output.results))
+
+
 def init_worker(job: JobSpec) -> None:
     """Pool initializer: must not raise (a raising initializer makes Pool respawn for ever).
 
@@ -320,27 +402,27 @@ def init_worker(job: JobSpec) -> None:
     _ignore_stop_signals()
     watch_parent()
     keep_freed_heap()
+    _PROCESS["job"] = job
+    with contextlib.suppress(WorkerStartError):  # execute reports it, batch by batch
+        compiled(job)
     try:
         _PROCESS["announcer"] = Announcer(job.parts_dir)
-        _PROCESS["runner"] = TaskRunner(job)
-    except BaseException as exc:
+    except OSError as exc:
         _PROCESS["error"] = f"{type(exc).__name__}: {exc}"
 
 
-def pool_run(batch: Batch) -> tuple[str, list[TaskResult]]:
-    """Pool entry point: one batch of tasks; the results come back with the batch's id."""
-    runner = _PROCESS.get("runner")
-    if runner is None:
+def pool_run(batch: Batch) -> BatchOutput:
+    """Pool entry point: one batch of the job the initializer was given."""
+    job: JobSpec | None = _PROCESS.get("job")
+    announcer: Announcer | None = _PROCESS.get("announcer")
+    if job is None or announcer is None:
         error = _PROCESS.get("error", "worker was not initialised")
-        failed = [_failed(t, f"{t.path}: cannot start the worker: {error}") for t in batch.tasks]
-        return batch.batch_id, failed
-    announcer: Announcer = _PROCESS["announcer"]
+        return failed_output(batch, f"cannot start the worker: {error}")
     announcer.busy(batch.batch_id)
     try:
-        results = runner.run_batch(batch)
+        return execute(job, batch)
     finally:
         announcer.idle()
-    return batch.batch_id, slim_results(results)
 
 
 def init_manager() -> None:

@@ -1,4 +1,5 @@
-"""The contract between the runner and an executor.
+"""The contract between the runner and an executor, and the schedule every executor's
+loop is written around.
 
 An executor takes an iterator of ``Batch`` and calls ``on_outcome`` in the calling
 (main) thread with the final ``TaskResult`` of every task, batch by batch (a batch whose
@@ -10,23 +11,38 @@ returns. Retries, timeouts and crashed workers are the executor's business, so t
 runner's loop is the same for every executor. ``background`` is work for the calling
 thread while it would otherwise wait for results (the rest of the plan): called in small
 steps until it returns False.
+
+``prepare`` runs before the run touches its output store (a remote cluster is reached
+and checked there, so a bad address is a usage error with nothing written); ``close``
+releases what the executor started, whatever happened.
+
+Only the options every executor shares are in ``ExecutorOptions``; an executor's own
+(the Pool's ``submit`` and ``start_method``, a Dask scheduler's address) are given to
+that executor alone.
 """
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from pipeline.models import Batch, JobSpec, TaskResult
 
+log = logging.getLogger(__name__)
+
+TICK_S = 0.1  # the longest an executor's loop blocks without looking up
+WINDOW_PER_WORKER = 2  # batches in flight per worker (thread)
+
 
 @dataclass(frozen=True)
 class ExecutorOptions:
     job: JobSpec
     workers: int = 1
-    submit: str = "async"  # async | imap
-    start_method: str = "auto"
     retries: int = 2
     timeout: float | None = None
     grace: float = 10.0
@@ -46,6 +62,14 @@ StopCheck = Callable[[], bool]
 Background = Callable[[], bool]  # a step of main-thread work; False once none is left
 
 
+@dataclass(frozen=True)
+class Fault:
+    """Why a batch's attempt ended without results (``kind``: crashed | timeout)."""
+
+    kind: str
+    message: str
+
+
 def settle(
     batch: Batch, results: list[TaskResult], attempt: int, retries: int, stopping: bool
 ) -> tuple[Outcome | None, Batch | None]:
@@ -59,8 +83,177 @@ def settle(
     return (Outcome(batch, done, attempt) if done else None), retry
 
 
+def error_results(batch: Batch, kind: str, message: str) -> list[TaskResult]:
+    return [
+        TaskResult(t.task_id, ok=False, error_kind=kind, error=f"{t.path}: {message}")
+        for t in batch.tasks
+    ]
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """How a process ended, from its exit code (negative: the signal that killed it)."""
+    if exitcode is None:
+        return "was lost"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+class Schedule:
+    """Which batch goes next, what is in flight, and when the work is over.
+
+    Batches that must go round again (a failed task's retry, a batch whose worker was
+    lost) come before new ones. A lost batch is charged an attempt only when it is to
+    blame (``release`` with a fault): a batch that merely sat on a worker that died or
+    was stopped for another batch goes round at the same attempt.
+
+    Thread-safe: under ``imap`` the Pool's task thread takes batches while the main
+    thread retires them. Only the main thread pulls from ``batches`` (the plan may be made
+    as it is pulled, on the ledger's connection): with ``prefetch`` it queues them
+    (``refill``) for the task thread to take."""
+
+    def __init__(
+        self, batches: Iterator[Batch], window: int, retries: int, prefetch: bool = False
+    ) -> None:
+        self._source = batches
+        self._exhausted = False
+        self._retry: deque[tuple[Batch, int]] = deque()
+        self._queued: deque[Batch] = deque()
+        self._prefetch = prefetch
+        self.in_flight: dict[str, tuple[Batch, int]] = {}
+        self.window = window
+        self.retries = retries
+        self.stopping = False
+        self.completed = 0
+        self._changed = threading.Condition()
+
+    def refill(self) -> None:
+        """Main thread, with ``prefetch``: queue up to a window of batches."""
+        while not self._exhausted and not self.stopping and len(self._queued) < self.window:
+            batch = next(self._source, None)
+            with self._changed:
+                if batch is None:
+                    self._exhausted = True
+                else:
+                    self._queued.append(batch)
+                self._changed.notify_all()
+
+    def take(self, alive: Callable[[], bool] | None = None) -> tuple[Batch, int] | None:
+        """The next batch to submit now, or None when the window is full or nothing is left
+        (or, for a feeder, when ``alive`` says its pool is being abandoned)."""
+        with self._changed:
+            if self.stopping or len(self.in_flight) >= self.window:
+                return None
+            if alive is not None and not alive():
+                return None
+            if self._retry:
+                batch, attempt = self._retry.popleft()
+            elif self._queued:
+                batch, attempt = self._queued.popleft(), 1
+            elif self._exhausted or self._prefetch:
+                return None
+            else:
+                batch = next(self._source, None)
+                if batch is None:
+                    self._exhausted = True
+                    return None
+                attempt = 1
+            self.in_flight[batch.batch_id] = (batch, attempt)
+            return batch, attempt
+
+    def take_blocking(self, alive: Callable[[], bool]) -> tuple[Batch, int] | None:
+        """For ``imap``'s feeder: wait for room; None means the feed is over."""
+        while alive():
+            item = self.take(alive)
+            if item is not None:
+                return item
+            with self._changed:
+                if self.finished():
+                    return None
+                self._changed.wait(TICK_S)
+        return None
+
+    def retire(self, batch_id: str, results: list[TaskResult]) -> Outcome | None:
+        """A batch's results arrived: what is final (the rest goes round again)."""
+        with self._changed:
+            entry = self.in_flight.pop(batch_id, None)
+            self._changed.notify_all()
+            if entry is None:
+                return None  # a late result of a batch already retired
+            self.completed += 1
+            batch, attempt = entry
+            outcome, retry = settle(batch, results, attempt, self.retries, self.stopping)
+            if retry is not None:
+                for result in results:
+                    if not result.ok:
+                        log.info("%s: attempt %d failed, retrying", result.error, attempt)
+                self._retry.append((retry, attempt + 1))
+            return outcome
+
+    def release(self, batch_id: str, fault: Fault | None = None) -> Outcome | None:
+        """A batch in flight will never report (its worker is gone): it goes round again,
+        first in line. With a ``fault`` it is to blame: charged one attempt, or failed
+        with the fault once its retries are spent. While stopping it just stays pending
+        (the ledger has no row for it: the next run resumes it)."""
+        with self._changed:
+            entry = self.in_flight.pop(batch_id, None)
+            self._changed.notify_all()
+            if entry is None or self.stopping:
+                return None
+            batch, attempt = entry
+            if fault is not None:
+                if attempt > self.retries:
+                    return Outcome(batch, error_results(batch, fault.kind, fault.message), attempt)
+                log.warning(
+                    "%s: %s; retrying (attempt %d)", batch.describe(), fault.message, attempt + 1
+                )
+                attempt += 1
+            self._retry.appendleft((batch, attempt))
+            return None
+
+    def final_attempt(self, batch_id: str) -> bool:
+        """Whether the batch in flight is on its last attempt."""
+        with self._changed:
+            entry = self.in_flight.get(batch_id)
+            return entry is not None and entry[1] > self.retries
+
+    def stop(self) -> None:
+        with self._changed:
+            self.stopping = True
+            self._retry.clear()
+            self._changed.notify_all()
+
+    def finished(self) -> bool:
+        return not self.in_flight and (
+            self.stopping or (self._exhausted and not self._retry and not self._queued)
+        )
+
+
+class Idle:
+    """The main thread's spare time while results are awaited: ``background`` work (the
+    plan made ahead) in small steps, the results polled between them; a blocking wait of
+    up to a tick once there is none left (or the run is stopping)."""
+
+    def __init__(self, background: Background | None) -> None:
+        self._background = background
+
+    def wait(self, schedule: Schedule) -> float:
+        return 0.0 if self._background is not None and not schedule.stopping else TICK_S
+
+    def work(self, schedule: Schedule) -> None:
+        if self._background is not None and not schedule.stopping and not self._background():
+            self._background = None
+
+
 class Executor(Protocol):
     options: ExecutorOptions
+
+    def prepare(self) -> None: ...
+
+    def parallelism(self) -> int: ...
 
     def run(
         self,
@@ -72,3 +265,5 @@ class Executor(Protocol):
     ) -> None: ...
 
     def describe(self) -> str: ...
+
+    def close(self) -> None: ...

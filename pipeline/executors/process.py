@@ -3,10 +3,10 @@ without a deadline.
 
 Data flow (the callback runs on the Pool's result thread; everything else on ours)::
 
-    batches ──> _Schedule (window of 2 x workers; retries and requeued batches first)
+    batches ──> Schedule (window of 2 x workers; retries and requeued batches first)
        │ async: apply_async(pool_run, callback)   │ imap: imap_unordered(feed)
        ▼                                          ▼
-    worker processes: announce(batch) -> pool_run(Batch) -> (batch id, [TaskResult])
+    worker processes: announce(batch) -> pool_run(Batch) -> BatchOutput (id, [TaskResult])
        │ callback / error_callback: results.put   │ it.next(timeout=tick)
        ▼                                          ▼
     supervisor loop (main thread): on_outcome or retry; every tick: _Watch.inspect()
@@ -31,77 +31,34 @@ import multiprocessing
 import multiprocessing.pool
 import multiprocessing.resource_tracker
 import queue
-import signal
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline import worker
 from pipeline.errors import ExecutionError
 from pipeline.executors.base import (
+    TICK_S,
+    WINDOW_PER_WORKER,
     Background,
     ExecutorOptions,
+    Fault,
+    Idle,
     OnOutcome,
-    Outcome,
+    Schedule,
     StopCheck,
-    settle,
+    describe_exit,
+    error_results,
 )
-from pipeline.models import Batch, TaskResult
+from pipeline.executors.shield import get_context, helpers_shielded, stop_signals_blocked
+from pipeline.models import Batch
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.1
-WINDOW_PER_WORKER = 2  # batches in flight per worker
 JOIN_GRACE_S = 5.0
 MAX_BARREN_POOLS = 3  # pools in a row that died before finishing any task
-
-
-def get_context(start_method: str) -> multiprocessing.context.BaseContext:
-    return multiprocessing.get_context(None if start_method == "auto" else start_method)
-
-
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-@contextlib.contextmanager
-def stop_signals_blocked() -> Iterator[None]:
-    """Block SIGINT and SIGTERM in this thread; threads it starts meanwhile inherit the
-    mask, so a stop signal is only ever taken by the main thread's handlers. Signals sent
-    meanwhile stay pending and are delivered when the block ends."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-@contextlib.contextmanager
-def helpers_shielded(context: multiprocessing.context.BaseContext) -> Iterator[None]:
-    """Start helper processes (workers, the fork server, the Manager) shielded from stop
-    signals from their first instruction: they inherit "ignore" (also across the exec of
-    spawn and of the fork server, which resets the signal mask), so Ctrl-C or a service
-    manager's SIGTERM to the whole group never kills one that has not yet run its
-    initializer. This process blocks the signals meanwhile (blocked signals are queued
-    even while ignored), restores its handlers, then takes what arrived."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    if context.get_start_method() != "fork":
-        # Started on first use, the resource tracker unblocks SIGINT/SIGTERM when done
-        # (multiprocessing.resource_tracker): start it now, before anything is blocked.
-        multiprocessing.resource_tracker.ensure_running()
-    with stop_signals_blocked():
-        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
 
 
 def _pool_processes(pool: multiprocessing.pool.Pool) -> list[Any]:
@@ -138,154 +95,12 @@ def close_pool(pool: multiprocessing.pool.Pool, grace: float = JOIN_GRACE_S) -> 
         abandon_pool(pool)
 
 
-def error_results(batch: Batch, kind: str, message: str) -> list[TaskResult]:
-    return [
-        TaskResult(t.task_id, ok=False, error_kind=kind, error=f"{t.path}: {message}")
-        for t in batch.tasks
-    ]
-
-
-def describe_exit(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "was lost"
-    if exitcode < 0:
-        try:
-            return f"was killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"was killed by signal {-exitcode}"
-    return f"exited with status {exitcode}"
-
-
 @dataclass(frozen=True)
-class Fault:
-    """Why a pool must be abandoned, and which task (if any) is to blame."""
+class PoolFault:
+    """Why a pool must be abandoned, and which batch (if any) is to blame."""
 
-    kind: str  # crashed | timeout
     batch_id: str | None
-    message: str
-
-
-class _Schedule:
-    """Which batch goes next, what is in flight, and when the work is over. Thread-safe:
-    under ``imap`` the Pool's task thread takes batches while the main thread retires
-    them. Only the main thread pulls from ``batches`` (the plan may be made as it is
-    pulled, on the ledger's connection): with ``prefetch`` it queues them (``refill``)
-    for the task thread to take."""
-
-    def __init__(
-        self, batches: Iterator[Batch], window: int, retries: int, prefetch: bool = False
-    ) -> None:
-        self._source = batches
-        self._exhausted = False
-        self._retry: deque[tuple[Batch, int]] = deque()
-        self._queued: deque[Batch] = deque()
-        self._prefetch = prefetch
-        self.in_flight: dict[str, tuple[Batch, int]] = {}
-        self.window = window
-        self.retries = retries
-        self.stopping = False
-        self.completed = 0
-        self._changed = threading.Condition()
-
-    def refill(self) -> None:
-        """Main thread, with ``prefetch``: queue up to a window of batches."""
-        while not self._exhausted and not self.stopping and len(self._queued) < self.window:
-            batch = next(self._source, None)
-            with self._changed:
-                if batch is None:
-                    self._exhausted = True
-                else:
-                    self._queued.append(batch)
-                self._changed.notify_all()
-
-    def take(self, alive: Callable[[], bool] | None = None) -> tuple[Batch, int] | None:
-        """The next batch to submit now, or None when the window is full or nothing is left
-        (or, for a feeder, when ``alive`` says its pool is being abandoned)."""
-        with self._changed:
-            if self.stopping or len(self.in_flight) >= self.window:
-                return None
-            if alive is not None and not alive():
-                return None
-            if self._retry:
-                batch, attempt = self._retry.popleft()
-            elif self._queued:
-                batch, attempt = self._queued.popleft(), 1
-            elif self._exhausted or self._prefetch:
-                return None
-            else:
-                batch = next(self._source, None)
-                if batch is None:
-                    self._exhausted = True
-                    return None
-                attempt = 1
-            self.in_flight[batch.batch_id] = (batch, attempt)
-            return batch, attempt
-
-    def take_blocking(self, alive: Callable[[], bool]) -> tuple[Batch, int] | None:
-        """For ``imap``'s feeder: wait for room; None means the feed is over."""
-        while alive():
-            item = self.take(alive)
-            if item is not None:
-                return item
-            with self._changed:
-                if self.finished():
-                    return None
-                self._changed.wait(TICK_S)
-        return None
-
-    def retire(self, batch_id: str, results: list[TaskResult]) -> Outcome | None:
-        """A batch's results arrived: what is final (the rest goes round again)."""
-        with self._changed:
-            entry = self.in_flight.pop(batch_id, None)
-            self._changed.notify_all()
-            if entry is None:
-                return None  # a late result of a batch already retired
-            self.completed += 1
-            batch, attempt = entry
-            outcome, retry = settle(batch, results, attempt, self.retries, self.stopping)
-            if retry is not None:
-                for result in results:
-                    if not result.ok:
-                        log.info("%s: attempt %d failed, retrying", result.error, attempt)
-                self._retry.append((retry, attempt + 1))
-            return outcome
-
-    def requeue(self, fault: Fault) -> Outcome | None:
-        """The pool is gone: everything in flight goes round again, first in line; the
-        blamed batch is charged an attempt, or fails once its retries are spent."""
-        with self._changed:
-            outcome = None
-            entries = list(self.in_flight.values())
-            self.in_flight.clear()
-            self._changed.notify_all()
-            if self.stopping:
-                return None  # they stay pending in the ledger; the next run resumes them
-            for batch, attempt in reversed(entries):
-                if batch.batch_id == fault.batch_id:
-                    if attempt > self.retries:
-                        results = error_results(batch, fault.kind, fault.message)
-                        outcome = Outcome(batch, results, attempt)
-                        continue
-                    log.warning(
-                        "%s: %s; retrying (attempt %d)",
-                        batch.describe(),
-                        fault.message,
-                        attempt + 1,
-                    )
-                    attempt += 1
-                self._retry.appendleft((batch, attempt))
-            return outcome
-
-    def stop(self) -> None:
-        with self._changed:
-            self.stopping = True
-            self._retry.clear()
-            self._changed.notify_all()
-
-    def finished(self) -> bool:
-        return not self.in_flight and (
-            self.stopping or (self._exhausted and not self._retry and not self._queued)
-        )
+    fault: Fault
 
 
 class _Watch:
@@ -301,7 +116,7 @@ class _Watch:
         self.known: dict[int, Any] = {p.pid: p for p in _pool_processes(pool) if p.pid}
         self.next_check = 0.0
 
-    def inspect(self) -> Fault | None:
+    def inspect(self) -> PoolFault | None:
         now = time.monotonic()
         if now < self.next_check:
             return None
@@ -318,7 +133,7 @@ class _Watch:
             del self.known[pid]
             announced = worker.read_announcement(self.parts_dir, pid)
             message = f"the worker process (pid {pid}) {describe_exit(process.exitcode)}"
-            return Fault("crashed", announced[0] if announced else None, message)
+            return PoolFault(announced[0] if announced else None, Fault("crashed", message))
         if self.timeout is not None:
             wall = time.time()
             for pid, process in self.known.items():
@@ -326,11 +141,13 @@ class _Watch:
                 if announced and wall - announced[1] > self.timeout:
                     with contextlib.suppress(OSError):
                         process.kill()
-                    return Fault(
-                        "timeout",
+                    return PoolFault(
                         announced[0],
-                        f"task ran longer than the timeout ({self.timeout:g}s); "
-                        f"its worker (pid {pid}) was killed",
+                        Fault(
+                            "timeout",
+                            f"task ran longer than the timeout ({self.timeout:g}s); "
+                            f"its worker (pid {pid}) was killed",
+                        ),
                     )
         return None
 
@@ -350,34 +167,36 @@ class QuietPool(multiprocessing.pool.Pool):
         return [self._change_notifier._reader]  # type: ignore[attr-defined]
 
 
-class _Idle:
-    """The main thread's spare time while results are awaited: ``background`` work (the
-    plan made ahead) in small steps, the results polled between them; a blocking wait of
-    up to a tick once there is none left (or the run is stopping)."""
+@dataclass(frozen=True)
+class PoolOptions:
+    """The process executor's own options (no other executor has them)."""
 
-    def __init__(self, background: Background | None) -> None:
-        self._background = background
-
-    def wait(self, schedule: _Schedule) -> float:
-        return 0.0 if self._background is not None and not schedule.stopping else TICK_S
-
-    def work(self, schedule: _Schedule) -> None:
-        if self._background is not None and not schedule.stopping and not self._background():
-            self._background = None
+    submit: str = "async"  # async | imap
+    start_method: str = "auto"
 
 
 class ProcessExecutor:
-    def __init__(self, options: ExecutorOptions) -> None:
+    def __init__(self, options: ExecutorOptions, pool: PoolOptions | None = None) -> None:
         self.options = options
+        self.pool = pool or PoolOptions()
 
     def describe(self) -> str:
-        method = self.options.start_method
+        method = self.pool.start_method
         if method == "auto":
             method = multiprocessing.get_start_method()
-        return f"process ({self.options.workers} workers, {method}, submit={self.options.submit})"
+        return f"process ({self.options.workers} workers, {method}, submit={self.pool.submit})"
+
+    def parallelism(self) -> int:
+        return self.options.workers
+
+    def prepare(self) -> None:
+        """Nothing to reach before the run: the pool starts with ``run``."""
+
+    def close(self) -> None:
+        """Nothing outlives ``run``."""
 
     def _new_pool(self) -> multiprocessing.pool.Pool:
-        context = get_context(self.options.start_method)
+        context = get_context(self.pool.start_method)
         with helpers_shielded(context):
             return QuietPool(
                 self.options.workers, worker.init_worker, (self.options.job,), context=context
@@ -391,11 +210,11 @@ class ProcessExecutor:
         stop_now: StopCheck,
         background: Background | None = None,
     ) -> None:
-        imap = self.options.submit == "imap"
-        schedule = _Schedule(
+        imap = self.pool.submit == "imap"
+        schedule = Schedule(
             batches, WINDOW_PER_WORKER * self.options.workers, self.options.retries, imap
         )
-        idle = _Idle(background)
+        idle = Idle(background)
         stop_deadline: list[float] = []
         barren = 0
         while True:
@@ -417,28 +236,33 @@ class ProcessExecutor:
                     close_pool(pool)
                 return
             abandon_pool(pool)
-            outcome = schedule.requeue(fault)
-            if outcome is not None:
-                on_outcome(outcome)
+            # Everything in flight goes round again, in its order; the blamed batch is
+            # charged an attempt (or fails once its retries are spent).
+            for batch_id in reversed(list(schedule.in_flight)):
+                blame = fault.fault if batch_id == fault.batch_id else None
+                outcome = schedule.release(batch_id, blame)
+                if outcome is not None:
+                    on_outcome(outcome)
             if schedule.stopping:
                 return
-            log.warning("%s; restarting the worker pool", fault.message)
+            message = fault.fault.message
+            log.warning("%s; restarting the worker pool", message)
             barren = 0 if schedule.completed > completed_before or fault.batch_id else barren + 1
             if barren >= MAX_BARREN_POOLS:
                 raise ExecutionError(
-                    f"worker processes keep dying before finishing any task ({fault.message}); "
+                    f"worker processes keep dying before finishing any task ({message}); "
                     "is a plugin crashing the interpreter at import?"
                 )
 
     def _between_results(
         self,
         watch: _Watch,
-        schedule: _Schedule,
+        schedule: Schedule,
         should_stop: StopCheck,
         stop_now: StopCheck,
         stop_deadline: list[float],
-    ) -> Fault | bool:
-        """True: stop now, abandoning work in flight; a Fault: the pool must go."""
+    ) -> PoolFault | bool:
+        """True: stop now, abandoning work in flight; a PoolFault: the pool must go."""
         if should_stop() and not schedule.stopping:
             schedule.stop()
             stop_deadline.append(time.monotonic() + self.options.grace)
@@ -456,13 +280,13 @@ class ProcessExecutor:
         self,
         pool: multiprocessing.pool.Pool,
         watch: _Watch,
-        schedule: _Schedule,
+        schedule: Schedule,
         on_outcome: OnOutcome,
         should_stop: StopCheck,
         stop_now: StopCheck,
         stop_deadline: list[float],
-        idle: _Idle,
-    ) -> Fault | None:
+        idle: Idle,
+    ) -> PoolFault | None:
         results: queue.SimpleQueue[tuple[Batch, Any, bool]] = queue.SimpleQueue()
 
         def submit(batch: Batch) -> None:
@@ -481,7 +305,7 @@ class ProcessExecutor:
             verdict = self._between_results(watch, schedule, should_stop, stop_now, stop_deadline)
             if verdict is True:
                 return None
-            if isinstance(verdict, Fault):
+            if isinstance(verdict, PoolFault):
                 return verdict
             try:
                 batch, value, ok = results.get(timeout=idle.wait(schedule))
@@ -489,7 +313,7 @@ class ProcessExecutor:
                 idle.work(schedule)
                 continue
             if ok:
-                outcome = schedule.retire(*value)
+                outcome = schedule.retire(value.batch_id, value.results)
             else:  # the batch could not reach the worker or come back (pickling)
                 error = f"{type(value).__name__}: {value}"
                 outcome = schedule.retire(batch.batch_id, error_results(batch, "error", error))
@@ -500,13 +324,13 @@ class ProcessExecutor:
         self,
         pool: multiprocessing.pool.Pool,
         watch: _Watch,
-        schedule: _Schedule,
+        schedule: Schedule,
         on_outcome: OnOutcome,
         should_stop: StopCheck,
         stop_now: StopCheck,
         stop_deadline: list[float],
-        idle: _Idle,
-    ) -> Fault | None:
+        idle: Idle,
+    ) -> PoolFault | None:
         feeding = threading.Event()
         feeding.set()
 
@@ -524,16 +348,16 @@ class ProcessExecutor:
                 )
                 if verdict is True:
                     return None
-                if isinstance(verdict, Fault):
+                if isinstance(verdict, PoolFault):
                     return verdict
                 try:
-                    batch_id, batch_results = results.next(timeout=idle.wait(schedule))
+                    output = results.next(timeout=idle.wait(schedule))
                 except multiprocessing.TimeoutError:
                     idle.work(schedule)
                     continue
                 except StopIteration:
                     return None
-                outcome = schedule.retire(batch_id, batch_results)
+                outcome = schedule.retire(output.batch_id, output.results)
                 if outcome is not None:
                     on_outcome(outcome)
         finally:

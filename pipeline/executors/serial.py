@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
+from pipeline import worker
 from pipeline.executors.base import Background, ExecutorOptions, OnOutcome, StopCheck, settle
 from pipeline.models import Batch
-from pipeline.store.packing import slim_results
-from pipeline.worker import TaskRunner
 
 
 class SerialExecutor:
@@ -19,6 +18,15 @@ class SerialExecutor:
     def describe(self) -> str:
         return "serial (in-process)"
 
+    def parallelism(self) -> int:
+        return self.options.workers
+
+    def prepare(self) -> None:
+        """Nothing to reach: the job is compiled with the first batch (none: no import)."""
+
+    def close(self) -> None:
+        """Nothing was started."""
+
     def run(
         self,
         batches: Iterator[Batch],
@@ -27,7 +35,6 @@ class SerialExecutor:
         stop_now: StopCheck,
         background: Background | None = None,  # nothing to wait for: batches plan as pulled
     ) -> None:
-        runner: TaskRunner | None = None  # built for the first batch (none: no plugin import)
         retries: deque[tuple[Batch, int]] = deque()
         while not should_stop():
             if retries:
@@ -36,9 +43,7 @@ class SerialExecutor:
                 attempt = 1
             else:
                 return
-            if runner is None:
-                runner = TaskRunner(self.options.job)
-            results = slim_results(runner.run_batch(batch))  # as a worker sends them
+            results = worker.execute(self.options.job, batch).results  # as a worker sends them
             outcome, retry = settle(batch, results, attempt, self.options.retries, should_stop())
             if outcome is not None:
                 on_outcome(outcome)

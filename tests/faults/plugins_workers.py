@@ -102,7 +102,7 @@ def _ppid(pid: int) -> int | None:
 def _parts_dir() -> str:
     from pipeline import worker
 
-    return worker._PROCESS["runner"].job.parts_dir
+    return worker._PROCESS["job"].parts_dir
 
 
 def _sibling_pool_workers(parts_dir: str) -> list[int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import random
 import subprocess
@@ -72,6 +74,28 @@ def edge_case_lines(rng: random.Random, n: int) -> bytes:
             line += b" \xc3("  # invalid UTF-8
         out += line + (b"\r\n" if rng.random() < 0.1 else b"\n")
     return bytes(out)
+
+
+def write_edge_data(data: Path) -> Path:
+    """The edge-case data folder (``edge_data``): a big-ish plain log, small logs (one
+    without a trailing newline, one empty), a gzip log, and a JSON-lines file."""
+    rng = random.Random(20261127)
+    (data / "logs" / "nested").mkdir(parents=True)
+    (data / "logs" / "big.log").write_bytes(edge_case_lines(rng, 3000))
+    (data / "logs" / "small.log").write_bytes(edge_case_lines(rng, 40).rstrip(b"\n"))
+    (data / "logs" / "empty.log").write_bytes(b"")
+    (data / "logs" / "nested" / "old.log.gz").write_bytes(
+        gzip.compress(edge_case_lines(rng, 500), mtime=0)
+    )
+    rows = []
+    for i in range(400):
+        rows.append(json.dumps({"id": i, "v": rng.choice([1, 2.5, None, "x", True])}))
+        if i % 50 == 0:
+            rows.append("not json")
+        if i % 70 == 0:
+            rows.append("")
+    (data / "events.jsonl").write_text("\n".join(rows) + "\n")
+    return data
 
 
 ACCESS_REGEX = (

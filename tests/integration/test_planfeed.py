@@ -6,6 +6,7 @@ store the next run completes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -66,7 +67,8 @@ class FeedWatch:
 def small_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     """Plan 7 files a step; batches of at most 4 small tasks, released after 64."""
     monkeypatch.setattr(PlanFeed, "STEP_FILES", 7)
-    monkeypatch.setattr(planning, "MAX_PER_BATCH", 4)
+    shape = dataclasses.replace(planning.POOL_BATCHES, per_batch=4)
+    monkeypatch.setattr(planning, "POOL_BATCHES", shape)
 
 
 def run_in_process(cfg_path: Path, full: bool = False) -> RunResult:

@@ -334,6 +334,22 @@ BAD_CONFIGS = {
     ),
     "workers-zero": (MINIMAL + "execution: {workers: 0}\n", ["execution.workers"]),
     "bad-percent": (MINIMAL + "execution: {max_failures: 150%}\n", ["execution.max_failures"]),
+    "address-without-port": (
+        MINIMAL + "execution: {executor: dask, address: localhost}\n",
+        ["execution.address: expected a Dask scheduler's address like tcp://host:8786"],
+    ),
+    "address-bad-scheme": (
+        MINIMAL + "execution: {executor: dask, address: 'http://h:8786'}\n",
+        ["execution.address"],
+    ),
+    "dashboard-with-address": (
+        MINIMAL + "execution: {executor: dask, address: 'tcp://h:1', dashboard: ':8787'}\n",
+        ["'dashboard' is the dashboard of the local Dask cluster"],
+    ),
+    "dashboard-bad": (
+        MINIMAL + "execution: {executor: dask, dashboard: 'here'}\n",
+        ["execution.dashboard: expected where to serve it"],
+    ),
     "call-format": (MINIMAL + "steps: [{call: nocolon}]\n", ["steps[0].call: expected 'module"]),
     "steps-not-a-list": (MINIMAL + "steps: {select: [a]}\n", ["steps: expected a list"]),
     "step-not-a-mapping": (MINIMAL + "steps: [select]\n", ["steps[0]: expected a mapping"]),
@@ -349,6 +365,24 @@ def test_bad_config_is_one_clear_error(tmp_path: Path, text: str, expected: list
     assert message.startswith(str(tmp_path / "job.yaml"))
     for part in expected:
         assert part in message
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("tcp://10.0.0.5:8786", "tcp://10.0.0.5:8786"),
+        ("tls://scheduler.example:8786", "tls://scheduler.example:8786"),
+        ("' scheduler:8786 '", "scheduler:8786"),
+    ],
+)
+def test_scheduler_addresses(tmp_path: Path, given: str, kept: str) -> None:
+    cfg = load(tmp_path, MINIMAL + f"execution: {{executor: dask, address: {given}}}\n")
+    assert cfg.execution.address == kept
+
+
+def test_a_dashboard_port_alone_listens_on_every_interface(tmp_path: Path) -> None:
+    cfg = load(tmp_path, MINIMAL + "execution: {executor: dask, dashboard: 8787}\n")
+    assert cfg.execution.dashboard == ":8787"
 
 
 def test_config_error_exits_2() -> None:
@@ -470,7 +504,7 @@ def test_env_expansion(tmp_path: Path) -> None:
           dir: ${OUT:-results}
         execution:
           workers: ${WORKERS:-3}
-          address: "${PORT}"
+          address: "tcp://scheduler:${PORT}"
         """,
         env={"JOB": "nightly", "INBOX": "/srv/in", "PORT": "8786", "OUT": ""},
     )
@@ -480,7 +514,7 @@ def test_env_expansion(tmp_path: Path) -> None:
     assert cfg.step_specs()[0]["regex"]["pattern"] == r"^(?P<cost>\d+)\$$ ${literal}"
     assert cfg.output.dir == tmp_path / "results"  # empty counts as unset with ":-"
     assert cfg.execution.workers == 3  # an unquoted value is typed after expansion
-    assert cfg.execution.address == "8786"  # a quoted one stays a string
+    assert cfg.execution.address == "tcp://scheduler:8786"
 
 
 def test_env_defaults_to_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

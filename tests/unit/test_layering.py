@@ -32,6 +32,8 @@ WORKER_SIDE = (
     "pipeline.fastpath",
     "pipeline.chunking",
     "pipeline.models",
+    "pipeline.bundle",
+    "pipeline.remote",  # a Dask worker's side
 )
 FORBIDDEN_FOR_WORKERS = (
     "pipeline.config",
@@ -243,6 +245,8 @@ print(json.dumps(sorted(set(sys.modules) - before)))
     [
         ("pipeline.worker", FORBIDDEN_FOR_WORKERS),
         ("pipeline.cli", ("multiprocessing",)),
+        # dask is imported when a run uses a cluster, never for the other executors
+        ("pipeline.runner", ("dask", "distributed")),
     ],
 )
 def test_runtime_imports_agree(module: str, forbidden: tuple[str, ...]) -> None:

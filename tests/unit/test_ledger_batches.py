@@ -10,13 +10,13 @@ import math
 import sqlite3
 from pathlib import Path
 
-from pipeline import aggregates
+from pipeline import aggregates, worker
 from pipeline.live import LiveStats
 from pipeline.models import Batch, JobSpec, TaskResult, TaskSpec
 from pipeline.store import packing
 from pipeline.store.ledger import LEDGER_NAME, Ledger
 from pipeline.store.packing import pack_tasks, slim_results
-from pipeline.worker import TaskRunner, pool_run
+from pipeline.worker import TaskRunner
 
 SPECS = {"n": {"kind": "count", "field": None, "k": None, "where": None}}
 MTIME = 1_700_000_000_000_000_000
@@ -210,13 +210,7 @@ def test_the_worker_packs_done_whole_files_and_sends_their_partials_once(
     assert packed.merged == {"n": 6} and packed.totals[:2] == (3, 6)
     assert [r.partials for r in results] == [{"n": 1}, {"n": 2}, {"n": 3}]
     # across the pipe, the members' own partials are left behind: the merge stands in
-    import pipeline.worker as worker_module
-
-    worker_module._PROCESS.update(runner=runner, announcer=_Quiet())
-    try:
-        _, sent = pool_run(Batch.of(tuple(tasks)))
-    finally:
-        worker_module._PROCESS.clear()
+    sent = worker.execute(job(tmp_path), Batch.of(tuple(tasks))).results
     # one result stands for the packed files: counts and merge in ``packed``
     assert [(r.task_id, r.partials) for r in sent] == [("t0", {})]
     assert sent[0].packed is not None and sent[0].packed.merged == {"n": 6}
@@ -241,14 +235,6 @@ def test_a_packed_infinite_min_or_max_reads_back_infinite(tmp_path: Path) -> Non
     members = packing.unpack(packed.members)
     lows = [m[packing.M_PARTIALS]["lo"]["num"] for m in members]
     assert lows == [-math.inf, 1.5, math.inf]
-
-
-class _Quiet:
-    def busy(self, _task_id: str) -> None:
-        pass
-
-    def idle(self) -> None:
-        pass
 
 
 def test_the_worker_does_not_pack_a_range_or_a_batch_of_one(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.executors.process import QuietPool, _Schedule
+from pipeline.executors.base import Schedule
+from pipeline.executors.process import QuietPool
 from pipeline.models import Batch, TaskSpec
 
 pytestmark = pytest.mark.timeout(60)
@@ -27,7 +28,7 @@ def test_with_prefetch_only_refill_pulls_from_the_source() -> None:
     """Under imap the Pool's task thread takes batches; the source (the plan, made on
     the ledger's connection) must only ever be pulled by the main thread, in refill."""
     pulled_by: list[str] = []
-    schedule = _Schedule(batches(10, pulled_by), window=3, retries=0, prefetch=True)
+    schedule = Schedule(batches(10, pulled_by), window=3, retries=0, prefetch=True)
     assert schedule.take() is None  # nothing queued: take never pulls itself
     assert pulled_by == []
     schedule.refill()
@@ -54,7 +55,7 @@ def test_with_prefetch_only_refill_pulls_from_the_source() -> None:
 
 def test_without_prefetch_take_pulls_and_respects_the_window() -> None:
     pulled_by: list[str] = []
-    schedule = _Schedule(batches(5, pulled_by), window=2, retries=0)
+    schedule = Schedule(batches(5, pulled_by), window=2, retries=0)
     first, second = schedule.take(), schedule.take()
     assert first is not None and second is not None
     assert schedule.take() is None  # the window is full

@@ -346,8 +346,9 @@ def test_pool_run_before_init_returns_an_error_result(
 ) -> None:
     monkeypatch.setattr(worker, "_PROCESS", {})
     task = whole_task(log_file)
-    batch_id, (result,) = pool_run(Batch.of((task,)))
-    assert batch_id == task.task_id
+    output = pool_run(Batch.of((task,)))
+    (result,) = output.results
+    assert output.batch_id == task.task_id and output.part is None
     assert isinstance(result, TaskResult)
     assert (result.task_id, result.ok, result.error_kind) == (task.task_id, False, "error")
     assert str(log_file) in result.error
@@ -356,7 +357,7 @@ def test_pool_run_before_init_returns_an_error_result(
 
 def test_pool_run_reports_a_failed_init(monkeypatch: pytest.MonkeyPatch, log_file: Path):
     monkeypatch.setattr(worker, "_PROCESS", {"error": "ValueError: step 1: bad regex"})
-    _, (result,) = pool_run(Batch.of((whole_task(log_file),)))
+    (result,) = pool_run(Batch.of((whole_task(log_file),))).results
     assert not result.ok
     assert "cannot start the worker" in result.error
     assert "bad regex" in result.error
@@ -365,7 +366,7 @@ def test_pool_run_reports_a_failed_init(monkeypatch: pytest.MonkeyPatch, log_fil
 def in_pool(ctx: Any, job_spec: JobSpec, task: TaskSpec) -> TaskResult:
     pool = ctx.Pool(1, initializer=worker.init_worker, initargs=(job_spec,))
     try:
-        _, (result,) = pool.apply_async(pool_run, (Batch.of((task,)),)).get(30)
+        (result,) = pool.apply_async(pool_run, (Batch.of((task,)),)).get(30).results
         return result
     finally:
         pool.close()  # workers leave on the sentinel (they ignore SIGTERM)

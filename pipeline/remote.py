@@ -1,0 +1,157 @@
+"""What runs on a Dask worker: the plugin that installs the config folder's modules, and
+the task that runs one batch through ``worker.execute``.
+
+Nothing here may run on the scheduler, which need not have this package (nor the user's
+modules): a task is submitted as ``pickle.loads(payload)``, a stdlib function and bytes,
+and the payload's ``RemoteCall.__reduce__`` names ``run_remote``, so only a worker,
+unpickling it, imports this module and runs the batch. What comes back is bytes too
+(the results pickled, the part's records), so the scheduler can pass it on untouched.
+
+A task announces its start to the client before it touches any input (an event the
+scheduler relays, sent and acknowledged before the batch starts): a worker that dies
+right after is known to have been running that batch, which is charged an attempt, while
+batches only queued on it go round again for free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import shutil
+import socket
+import time
+import zlib
+from typing import Any
+
+from distributed import WorkerPlugin, get_worker
+from distributed.utils import sync
+
+from pipeline import __version__, bundle, worker
+from pipeline.models import Batch, JobSpec
+
+log = logging.getLogger(__name__)
+
+START_TOPIC = "pipeline-task-start"  # one topic for every run: the scheduler keeps each
+PLUGINS_DIR = "pipeline-plugins"  # under the worker's local directory
+ANNOUNCE_TIMEOUT_S = 10.0
+ZSTD_LEVEL = 1
+ZLIB_LEVEL = 1
+
+
+class BundleInstaller(WorkerPlugin):
+    """Installs a job's plugin modules on every worker, including one that joins or is
+    restarted later (the scheduler runs registered plugins on each new worker)."""
+
+    def __init__(self, modules: bundle.Bundle, name: str) -> None:
+        self.modules = modules
+        self.name = name
+        self.directory: str | None = None
+
+    def setup(self, worker: Any) -> None:
+        root = os.path.join(worker.local_directory, PLUGINS_DIR)
+        self.directory = bundle.install(self.modules, root, self.name)
+
+    def teardown(self, worker: Any) -> None:
+        if self.directory is not None:
+            bundle.forget_bundle(self.directory)
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class RemoteCall:
+    """A call that happens when it is unpickled: ``pickle.loads(dumps(RemoteCall(f,
+    args)))`` is ``f(*args)``. Only the worker that unpickles it needs ``f``'s module."""
+
+    def __init__(self, function: Any, args: tuple[Any, ...]) -> None:
+        self.function = function
+        self.args = args
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.function, self.args
+
+
+def version() -> str:
+    """This worker's pipeline version (the client refuses workers of another)."""
+    return __version__
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskHeader:
+    """What the client needs to know of a finished task besides its results."""
+
+    pid: int
+    host: str
+    codec: str | None  # how the part's bytes are compressed
+
+
+def run_remote(
+    run: str, key: str, plugin: str, job: JobSpec, batch: Batch, codecs: tuple[str, ...]
+) -> tuple[bytes, bytes | None]:
+    """One batch on this worker: (pickled (BatchOutput without its part, TaskHeader),
+    the part's records, compressed with the first of ``codecs`` this worker has)."""
+    dask_worker = get_worker()
+    host = socket.gethostname()
+    _announce(dask_worker, {"run": run, "key": key, "pid": os.getpid(), "host": host})
+    installer = dask_worker.plugins.get(plugin)
+    folder = getattr(installer, "directory", None)
+    if folder is None:
+        output = worker.failed_output(
+            batch, "the config folder's modules are not installed on this Dask worker"
+        )
+    else:
+        bundle.forget_other_bundles(os.path.dirname(folder), folder)
+        output = worker.execute(dataclasses.replace(job, import_dirs=(folder,)), batch)
+    codec, part = _compress(output.part, codecs)
+    header = TaskHeader(os.getpid(), host, codec)
+    meta = pickle.dumps((output._replace(part=None), header), protocol=pickle.HIGHEST_PROTOCOL)
+    return meta, part
+
+
+def _announce(dask_worker: Any, message: dict[str, Any]) -> None:
+    """Tell the client (through the scheduler) that this task starts, and wait until the
+    scheduler has it: an event sent on the worker's batched stream could be lost with a
+    worker that dies a moment later."""
+    message["t"] = time.time()
+    try:
+        sync(
+            dask_worker.loop,
+            dask_worker.scheduler.log_event,
+            topic=START_TOPIC,
+            msg=message,
+            callback_timeout=ANNOUNCE_TIMEOUT_S,
+        )
+    except Exception as exc:  # the client then knows less; the batch still runs
+        log.warning("cannot announce the start of %s: %s", message["key"], exc)
+
+
+def _compress(part: bytes | None, codecs: tuple[str, ...]) -> tuple[str | None, bytes | None]:
+    if not part:
+        return None, part
+    for codec in codecs:
+        if codec == "zstd":
+            try:
+                import zstandard
+            except ImportError:
+                continue
+            return codec, zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(part)
+        if codec == "zlib":
+            return codec, zlib.compress(part, ZLIB_LEVEL)
+    return None, part
+
+
+def decompress(codec: str | None, data: bytes) -> bytes:
+    """The client's side of ``_compress``."""
+    if codec is None:
+        return data
+    if codec == "zlib":
+        return zlib.decompress(data)
+    import zstandard
+
+    return zstandard.ZstdDecompressor().decompress(data)
+
+
+async def stop_worker() -> None:
+    """Run on a worker's event loop: end its process at once (its nanny starts a fresh
+    one). For a task past its timeout, which no cancel can stop."""
+    os._exit(1)

@@ -1,0 +1,224 @@
+"""A real Dask cluster for the tests: a ``dask scheduler`` and ``dask worker`` processes on
+127.0.0.1, each in its own session and working folder.
+
+Every process of the cluster runs in a mount namespace of its own (``unshare --mount``,
+root) where the *private* folder — the tests' configs, plugin modules and output stores —
+is an empty tmpfs: the workers cannot import a plugin unless it was shipped to them, and
+anything they wrote into an output store would land in that tmpfs, where the client never
+sees it. Inputs live in the *shared* folder, which every process sees at the same path
+(the shared filesystem the SPEC asks for).
+
+The scheduler runs with ``pipeline`` unimportable (``sys.modules["pipeline"] = None``): a
+test passes only if no pipeline code (nor user code) is ever unpickled there.
+
+``stop`` ends every process by process group (SIGTERM, then SIGKILL) and fails the test
+if any is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+READY_TIMEOUT_S = 60.0
+STOP_GRACE_S = 5.0
+
+SCHEDULER_CODE = (
+    "import sys; sys.modules['pipeline'] = None; "
+    "from distributed.cli.dask_scheduler import main; main()"
+)
+# A worker without the nanny, for a worker that must not import pipeline (a nanny's worker
+# process is a fresh interpreter that the -c code would not reach).
+BARE_WORKER_CODE = (
+    "import sys; sys.modules['pipeline'] = None; "
+    "from distributed.cli.dask_worker import main; main()"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes of session ``sid``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().decode("ascii", "replace").rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[3]) == sid:
+            pids.append(int(entry))
+    return pids
+
+
+@dataclass
+class DaskCluster:
+    address: str
+    base: Path
+    private: Path
+    shared: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def start_process(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        """Start ``argv`` in a session of its own, in a mount namespace where ``private``
+        is an empty tmpfs, working in a folder of its own."""
+        folder = self.base / name
+        folder.mkdir(parents=True, exist_ok=True)
+        log = self.base / f"{name}.log"
+        script = 'mount -t tmpfs -o size=1m tmpfs "$1" || exit 97; shift; exec "$@"'
+        command = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            str(self.private),
+            *argv,
+        ]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                command,
+                cwd=folder,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs.append(proc)
+        self.logs.append(log)
+
+    def add_worker(self, name: str, env: dict[str, str] | None = None, bare: bool = False) -> None:
+        folder = self.base / name
+        common = [
+            "--nthreads",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--local-directory",
+            str(folder),
+            "--no-dashboard",
+            "--name",
+            name,
+        ]
+        if bare:
+            argv = [sys.executable, "-c", BARE_WORKER_CODE, self.address, "--no-nanny", *common]
+        else:
+            argv = [sys.executable, "-m", "distributed.cli.dask_worker", self.address, *common]
+        self.start_process(name, argv, env)
+
+    def wait_for_workers(self, n: int, timeout: float = READY_TIMEOUT_S) -> None:
+        from distributed import Client
+
+        if n == 0:
+            return
+        deadline = time.monotonic() + timeout
+        last: BaseException | None = None
+        while time.monotonic() < deadline:
+            for proc, log in zip(self.procs, self.logs, strict=True):
+                if proc.poll() is not None:
+                    pytest.fail(f"a cluster process ended ({proc.returncode}):\n{tail(log)}")
+            try:
+                with Client(self.address, timeout=5, set_as_default=False) as client:
+                    client.wait_for_workers(n, timeout=max(1.0, deadline - time.monotonic()))
+                    return
+            except Exception as exc:  # not up yet
+                last = exc
+                time.sleep(0.2)
+        pytest.fail(f"the Dask cluster did not get {n} workers in {timeout}s: {last}")
+
+    def worker_count(self) -> int:
+        from distributed import Client
+
+        with Client(self.address, timeout=5, set_as_default=False) as client:
+            return len(client.scheduler_info(n_workers=-1)["workers"])
+
+    def kill_scheduler(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.procs[0].pid, signal.SIGKILL)
+        self.procs[0].wait(10)
+
+    def stop(self) -> None:
+        """Every process by its group: SIGTERM, then SIGKILL; fail if any survives."""
+        for proc in reversed(self.procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and any(session_pids(p.pid) for p in self.procs):
+            time.sleep(0.05)
+        left = [pid for proc in self.procs for pid in session_pids(proc.pid)]
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        time.sleep(0.1)
+        still = [pid for proc in self.procs for pid in session_pids(proc.pid)]
+        assert not still, f"cluster processes survive SIGKILL: {still}"
+        if left:
+            # SIGTERM was not enough: SIGKILL did it; a leftover is a harness problem,
+            # reported without failing (the worker processes ignore nothing of ours).
+            print(f"cluster processes needed SIGKILL: {left}", file=sys.stderr)
+
+
+def tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return "(no log)"
+
+
+def start_cluster(
+    base: Path, workers: int = 2, worker_env: dict[str, str] | None = None
+) -> DaskCluster:
+    """A scheduler and ``workers`` workers, ready."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.fail("the Dask cluster tests need root and unshare(1) (mount namespaces)")
+    private, shared = base / "private", base / "shared"
+    private.mkdir(parents=True, exist_ok=True)
+    shared.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cluster = DaskCluster(f"tcp://127.0.0.1:{port}", base, private, shared)
+    cluster.start_process(
+        "scheduler",
+        [
+            sys.executable,
+            "-c",
+            SCHEDULER_CODE,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-dashboard",
+        ],
+    )
+    try:
+        for i in range(workers):
+            cluster.add_worker(f"worker{i}", worker_env)
+        cluster.wait_for_workers(workers)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
