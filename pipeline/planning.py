@@ -300,10 +300,12 @@ def _task_work(task: TaskSpec) -> int:
 
 @dataclass(frozen=True)
 class BatchShape:
-    """How coarsely small tasks are grouped, for an executor whose cost per batch is what
-    it is: a task with at least ``min(chunk_size * chunks / 8, alone_work)`` of work goes
-    alone; smaller ones go into batches of at most ``chunk_size * chunks`` of work and
-    ``per_batch`` tasks, and of a count that gives every worker about ``per_worker``."""
+    """How coarsely tasks are grouped, for an executor whose cost per batch is what it is:
+    a task with at least ``min(chunk_size * chunks / 8, alone_work)`` of work is big;
+    smaller ones go into batches of at most ``chunk_size * chunks`` of work and
+    ``per_batch`` tasks, and of a count that gives every worker about ``per_worker``. Big
+    tasks go alone when ``chunks`` is 1, else in path order, in groups of up to
+    ``chunk_size * chunks`` of work (a big file's consecutive ranges, together)."""
 
     alone_work: int
     per_batch: int
@@ -369,6 +371,7 @@ class Batcher:
         self.workers = max(1, workers)
         self.threshold = shape.alone_threshold(chunk_size)
         self.big: list[TaskSpec] = []
+        self._big_batches: list[Batch] = []  # made of ``big`` when the plan is finished
         self._waiting: list[TaskSpec] | None = []  # small tasks before the count is known
         self._enough = shape.per_batch * self.workers * shape.per_worker
         self._per_batch = shape.per_batch
@@ -461,14 +464,34 @@ class Batcher:
             self._release(max(1, min(self.shape.per_batch, len(self._waiting) // per_worker)))
         if self._group:
             self._emit()
-        self.big.sort(key=_task_work, reverse=True)  # largest first, ties in path order
-        self.big.reverse()  # taken from the end
+        groups = self._big_groups()
+        groups.sort(key=lambda group: sum(map(_task_work, group)), reverse=True)  # largest first
+        self._big_batches = [Batch.of(group) for group in reversed(groups)]  # taken from the end
+
+    def _big_groups(self) -> list[tuple[TaskSpec, ...]]:
+        """Big tasks alone, or, when batches hold several chunks, a file's consecutive
+        ranges together up to ``chunk_size * chunks`` of work (ties stay in path order)."""
+        if self.shape.chunks == 1:
+            return [(task,) for task in self.big]
+        groups: list[tuple[TaskSpec, ...]] = []
+        group: list[TaskSpec] = []
+        work = 0
+        for task in sorted(self.big, key=_path_order):
+            size = _task_work(task)
+            if group and work + size > self.max_work:
+                groups.append(tuple(group))
+                group, work = [], 0
+            group.append(task)
+            work += size
+        if group:
+            groups.append(tuple(group))
+        return groups
 
     def take(self) -> Batch | None:
         """The next batch that can go now, or None: the big tasks (largest first) once
         the plan is finished, then the small batches in the order they were made."""
-        if self.finished and self.big:
-            return Batch.of((self.big.pop(),))
+        if self.finished and self._big_batches:
+            return self._big_batches.pop()
         if self._head:
             return self._head.popleft()
         if self._spooled or self._from_spool():

@@ -16,6 +16,7 @@ batches only queued on it go round again for free.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import pickle
@@ -29,6 +30,7 @@ from distributed import WorkerPlugin, get_worker
 from distributed.utils import sync
 
 from pipeline import __version__, bundle, worker
+from pipeline.heap import keep_freed_heap
 from pipeline.models import Batch, JobSpec
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,16 @@ log = logging.getLogger(__name__)
 START_TOPIC = "pipeline-task-start"  # one topic for every run: the scheduler keeps each
 PLUGINS_DIR = "pipeline-plugins"  # under the worker's local directory
 ANNOUNCE_TIMEOUT_S = 10.0
+# Batches of up to this many tasks (a big file's ranges, each of a fair size) announce
+# each task's start: ``timeout`` is per task, and a crash is charged to the task that was
+# running, not to its batch. Bigger batches (small files) announce their start only.
+ANNOUNCE_EACH_UP_TO = 16
+
+
+def announces_each_task(batch: Batch) -> bool:
+    return 1 < len(batch.tasks) <= ANNOUNCE_EACH_UP_TO
+
+
 ZSTD_LEVEL = 1
 ZLIB_LEVEL = 1
 
@@ -52,6 +64,11 @@ class BundleInstaller(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         root = os.path.join(worker.local_directory, PLUGINS_DIR)
         self.directory = bundle.install(self.modules, root, self.name)
+        # What a Pool worker inherits: the allocator keeps freed blocks for the next one,
+        # and the objects alive now (dask's own, some 70,000) leave the collector's sight,
+        # or every full collection walks them: a fifth off each batch of job A.
+        keep_freed_heap()
+        gc.freeze()
 
     def teardown(self, worker: Any) -> None:
         if self.directory is not None:
@@ -92,7 +109,8 @@ def run_remote(
     the part's records, compressed with the first of ``codecs`` this worker has)."""
     dask_worker = get_worker()
     host = socket.gethostname()
-    _announce(dask_worker, {"run": run, "key": key, "pid": os.getpid(), "host": host})
+    message = {"run": run, "key": key, "pid": os.getpid(), "host": host}
+    _announce(dask_worker, {**message, "task": 0})
     installer = dask_worker.plugins.get(plugin)
     folder = getattr(installer, "directory", None)
     if folder is None:
@@ -101,7 +119,15 @@ def run_remote(
         )
     else:
         bundle.forget_other_bundles(os.path.dirname(folder), folder)
-        output = worker.execute(dataclasses.replace(job, import_dirs=(folder,)), batch)
+        job = dataclasses.replace(job, import_dirs=(folder,))
+        announce = None
+        if announces_each_task(batch):
+
+            def announce(index: int) -> None:
+                if index:
+                    _announce(dask_worker, {**message, "task": index})
+
+        output = worker.execute(job, batch, announce)
     codec, part = _compress(output.part, codecs)
     header = TaskHeader(os.getpid(), host, codec)
     meta = pickle.dumps((output._replace(part=None), header), protocol=pickle.HIGHEST_PROTOCOL)

@@ -49,6 +49,7 @@ from pipeline.store.parts import TMP_DIR, part_writer
 
 PARENT_GONE_EXIT = 70
 log = logging.getLogger(__name__)
+OnTask = Callable[[int], None]  # told the index of each task of a batch as it starts
 
 
 def _json_default(value: Any) -> Any:
@@ -101,9 +102,10 @@ class TaskRunner:
         of several are packed for their ledger row (``TaskResult.packed``, on the first)."""
         return self.execute(batch).results
 
-    def execute(self, batch: Batch) -> BatchOutput:
-        """``run_batch``, with the part's bytes when they travel back."""
-        results, part = self._run_batch(batch)
+    def execute(self, batch: Batch, on_task: OnTask | None = None) -> BatchOutput:
+        """``run_batch``, with the part's bytes when they travel back; ``on_task(i)`` is
+        called as the batch's ``i``-th task starts."""
+        results, part = self._run_batch(batch, on_task)
         done = [(task, r) for task, r in zip(batch.tasks, results, strict=True) if r.ok]
         if len(done) > 1 and all(task.covers_file for task, _ in done):
             try:
@@ -118,15 +120,17 @@ class TaskRunner:
             return contextlib.nullcontext(io.BytesIO())
         return part_writer(self.job.parts_dir, batch.part_name)
 
-    def _run_batch(self, batch: Batch) -> tuple[list[TaskResult], bytes | None]:
+    def _run_batch(
+        self, batch: Batch, on_task: OnTask | None
+    ) -> tuple[list[TaskResult], bytes | None]:
         if not self.job.write_records:
-            return [self._run(task, None) for task in batch.tasks], None
+            return [self._run(task, None, i, on_task) for i, task in enumerate(batch.tasks)], None
         results: list[TaskResult] = []
         part = None
         try:
             with self._part(batch) as handle:
-                for task in batch.tasks:
-                    results.append(self._run(task, handle))
+                for i, task in enumerate(batch.tasks):
+                    results.append(self._run(task, handle, i, on_task))
                 if handle.tell() == 0:
                     raise _NothingToPublish
                 if isinstance(handle, io.BytesIO):
@@ -148,7 +152,15 @@ class TaskRunner:
         """One task on its own (a batch of one)."""
         return self.run_batch(Batch.of((task,)))[0]
 
-    def _run(self, task: TaskSpec, handle: BinaryIO | None) -> TaskResult:
+    def _run(
+        self,
+        task: TaskSpec,
+        handle: BinaryIO | None,
+        index: int = 0,
+        on_task: OnTask | None = None,
+    ) -> TaskResult:
+        if on_task is not None:
+            on_task(index)
         started = time.perf_counter()
         counters = readers.ReadCounters()
         result = TaskResult(task.task_id, ok=False, pid=self.pid)
@@ -382,14 +394,14 @@ def failed_output(batch: Batch, message: str) -> BatchOutput:
     return BatchOutput(batch.batch_id, [_failed(t, f"{t.path}: {message}") for t in batch.tasks])
 
 
-def execute(job: JobSpec, batch: Batch) -> BatchOutput:
+def execute(job: JobSpec, batch: Batch, on_task: OnTask | None = None) -> BatchOutput:
     """The one entry point: a batch of ``job`` in, its results (and part bytes) out.
     Never raises: a job that cannot be compiled fails every task of the batch."""
     try:
         runner = compiled(job)
     except WorkerStartError as exc:
         return failed_output(batch, f"cannot start the worker: {exc}")
-    output = runner.execute(batch)
+    output = runner.execute(batch, on_task)
     return output._replace(results=slim_results(output.results))
 
 

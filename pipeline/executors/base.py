@@ -193,25 +193,35 @@ class Schedule:
                 self._retry.append((retry, attempt + 1))
             return outcome
 
-    def release(self, batch_id: str, fault: Fault | None = None) -> Outcome | None:
+    def release(
+        self, batch_id: str, fault: Fault | None = None, culprit: str | None = None
+    ) -> Outcome | None:
         """A batch in flight will never report (its worker is gone): it goes round again,
         first in line. With a ``fault`` it is to blame: charged one attempt, or failed
-        with the fault once its retries are spent. While stopping it just stays pending
-        (the ledger has no row for it: the next run resumes it)."""
+        with the fault once its retries are spent — only its task ``culprit`` when that
+        is known, the others going round again at their attempt. While stopping it just
+        stays pending (the ledger has no row for it: the next run resumes it)."""
         with self._changed:
             entry = self.in_flight.pop(batch_id, None)
             self._changed.notify_all()
             if entry is None or self.stopping:
                 return None
             batch, attempt = entry
-            if fault is not None:
-                if attempt > self.retries:
-                    return Outcome(batch, error_results(batch, fault.kind, fault.message), attempt)
-                log.warning(
-                    "%s: %s; retrying (attempt %d)", batch.describe(), fault.message, attempt + 1
-                )
-                attempt += 1
-            self._retry.appendleft((batch, attempt))
+            if fault is None:
+                self._retry.appendleft((batch, attempt))
+                return None
+            if culprit is not None and len(batch.tasks) > 1:
+                others = tuple(t for t in batch.tasks if t.task_id != culprit)
+                blamed = tuple(t for t in batch.tasks if t.task_id == culprit)
+                if others and blamed:
+                    self._retry.appendleft((Batch.of(others), attempt))
+                    batch = Batch.of(blamed)
+            if attempt > self.retries:
+                return Outcome(batch, error_results(batch, fault.kind, fault.message), attempt)
+            log.warning(
+                "%s: %s; retrying (attempt %d)", batch.describe(), fault.message, attempt + 1
+            )
+            self._retry.appendleft((batch, attempt + 1))
             return None
 
     def final_attempt(self, batch_id: str) -> bool:

@@ -168,9 +168,15 @@ class _Flight:
 
     batch: Batch
     worker: str
-    started: float | None = None  # monotonic time its start announcement arrived
+    started: float | None = None  # monotonic time its (task's) start announcement arrived
+    task: int = 0  # the task of the batch that announced its start last
     pid: int | None = None
     host: str | None = None
+
+    def culprit(self, each_task: bool) -> str | None:
+        """The task to blame for a fault of this attempt, when the batch announces each
+        task (else the whole batch is)."""
+        return self.batch.tasks[self.task].task_id if each_task else None
 
 
 class _Loop:
@@ -293,6 +299,8 @@ class _Loop:
         remote = self.remote
         while (address := self.free_worker()) is not None:
             item = self.schedule.take()
+            if item is None and self.rebalance():
+                item = self.schedule.take()
             if item is None:
                 return
             batch, attempt = item
@@ -304,16 +312,41 @@ class _Loop:
             self.flights[key] = _Flight(batch, address)
             self.cluster.submit(key, payload, address)
 
+    def rebalance(self) -> bool:
+        """Nothing is left to submit and a worker is idle: a batch waiting behind another
+        one on a busy worker moves to it (else, pinned, it would wait there while this
+        worker idles to the end of the run). True if one moved."""
+        load = Counter(flight.worker for flight in self.flights.values())
+        idle = [a for a in self.workers if a not in self.stopped and not load[a]]
+        if not idle or self.schedule.stopping:
+            return False
+        waiting = [
+            flight
+            for flight in reversed(self.flights.values())
+            if flight.started is None and load[flight.worker] > 1
+        ]
+        if not waiting:
+            return False
+        flight = waiting[0]
+        self.drop([flight])
+        self.schedule.release(flight.batch.batch_id)
+        return True
+
     # --- events --------------------------------------------------------------------------
 
     def started(self, message: Any) -> None:
         if not isinstance(message, dict) or message.get("run") != self.token:
             return
         flight = self.flights.get(message.get("key", ""))
-        if flight is not None and flight.started is None:
-            flight.started = time.monotonic()
+        if flight is None:
+            return
+        if flight.started is None:
             flight.pid = message.get("pid")
             flight.host = message.get("host")
+        flight.started = time.monotonic()  # of the batch, then of each of its ranges
+        task = message.get("task")
+        if isinstance(task, int) and 0 <= task < len(flight.batch.tasks):
+            flight.task = task
 
     def finish(self, key: str) -> None:
         flight = self.flights.get(key)
@@ -385,9 +418,10 @@ class _Loop:
             self.barren += 1
         for flight in reversed(victims):  # released to the front: keep their order
             batch_id = flight.batch.batch_id
-            fault = None
+            fault = culprit = None
             if flight.started is not None:
                 fault = Fault("crashed", self.crash_message(address, flight))
+                culprit = flight.culprit(self.remote.announces_each_task(flight.batch))
             else:
                 self.free_losses[batch_id] += 1
                 if self.free_losses[batch_id] > MAX_FREE_LOSSES:
@@ -396,7 +430,7 @@ class _Loop:
                         f"lost with {self.free_losses[batch_id]} Dask workers that "
                         "left before it could start",
                     )
-            self.deliver(self.schedule.release(batch_id, fault))
+            self.deliver(self.schedule.release(batch_id, fault, culprit))
         if self.barren >= self.barren_limit and not self.schedule.stopping:
             raise ExecutionError(
                 f"Dask workers keep dying before finishing any task (the last: {address}); "
@@ -437,9 +471,13 @@ class _Loop:
             f"task ran longer than the timeout ({timeout:g}s); its Dask worker {address} "
             f"(pid {flight.pid} on {flight.host}) was stopped"
         )
+        culprit = flight.culprit(self.remote.announces_each_task(flight.batch))
         for other in reversed(held):
-            blame = Fault("timeout", message) if other is flight else None
-            self.deliver(self.schedule.release(other.batch.batch_id, blame))
+            if other is flight:
+                fault = Fault("timeout", message)
+                self.deliver(self.schedule.release(other.batch.batch_id, fault, culprit))
+            else:
+                self.deliver(self.schedule.release(other.batch.batch_id))
 
     def begin_stop(self) -> None:
         self.schedule.stop()

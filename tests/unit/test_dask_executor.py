@@ -258,3 +258,56 @@ def test_a_worker_missing_from_one_refresh_is_not_yet_lost(tmp_path: Path) -> No
     assert "tcp://w0" in loop.workers and len(loop.flights) == 4
     loop.refresh_workers()
     assert "tcp://w0" not in loop.workers and len(loop.flights) == 2
+
+
+def ranges_batch(n: int) -> Batch:
+    return Batch.of(tuple(TaskSpec(f"r{i}", "/d/big", i * 100, 100, n * 100, 1) for i in range(n)))
+
+
+def test_a_crash_in_a_batch_of_ranges_is_charged_to_the_range_that_ran(tmp_path: Path) -> None:
+    """Each range of such a batch announces its start: the one running when the worker
+    died is charged, the others (done but lost with it, or not started) go round again."""
+    job = JobSpec("lines", "utf-8", (), {}, False, str(tmp_path))
+    options = ExecutorOptions(job=job, workers=2, retries=0, grace=5)
+    cluster = FakeCluster(workers=1)
+    outcomes: list[Outcome] = []
+    loop = _Loop(
+        DaskExecutor(options, DaskOptions()),
+        cluster,
+        iter([ranges_batch(4)]),
+        outcomes.append,
+        lambda: False,
+        lambda: False,
+        None,
+    )
+    loop.refresh_workers()
+    loop.submit_ready()
+    [key] = list(loop.flights)
+    for index in range(3):  # ranges 0 and 1 done, range 2 running
+        loop.handle(
+            ("start", {"run": loop.token, "key": key, "pid": 9, "host": "h", "task": index})
+        )
+    loop.handle(("removed", "tcp://w0"))
+    [outcome] = outcomes  # retries: 0, so the culprit fails at once
+    assert [r.task_id for r in outcome.results] == ["r2"]
+    assert outcome.results[0].error_kind == "crashed"
+    cluster.current["tcp://w1"] = WorkerInfo("tcp://w1", 1, "host", None)
+    loop.refresh_workers()
+    loop.submit_ready()
+    [again] = [f.batch for f in loop.flights.values()]
+    assert [t.task_id for t in again.tasks] == ["r0", "r1", "r3"]
+
+
+def test_an_idle_worker_takes_a_batch_waiting_behind_another_at_the_end(
+    tmp_path: Path,
+) -> None:
+    loop, cluster, _ = make_loop(tmp_path, n=4)  # two on each worker, nothing left
+    on_w1 = [k for k, w in cluster.submitted.items() if w == "tcp://w1"]
+    for key in [k for k, w in cluster.submitted.items() if w == "tcp://w0"]:
+        loop.flights.pop(key)  # w0 has finished both of its batches
+    start(loop, on_w1[0])
+    loop.submit_ready()
+    assert on_w1[1] in cluster.cancelled  # the one not started moved...
+    moved = [k for k in loop.flights if cluster.submitted[k] == "tcp://w0"]
+    assert len(moved) == 1 and attempt_of(moved[0]) == 1  # ...to the idle worker, for free
+    assert on_w1[0] in loop.flights and on_w1[0] not in cluster.cancelled

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pipeline.digest import file_digest
 from pipeline.models import Batch, InputFile, TaskSpec
 from pipeline.planning import (
+    DASK_BATCHES,
     REASONS,
     Batcher,
     Plan,
@@ -490,6 +491,27 @@ def test_small_tasks_are_batched_in_path_order_within_limits() -> None:
     assert paths == sorted(paths)
     assert len({b.batch_id for b in batches}) == len(batches)
     assert make_batches(p.run, workers=2, chunk_size=1000) == batches  # deterministic
+
+
+def test_dask_batches_group_a_big_files_ranges_and_small_files_coarsely() -> None:
+    """A Dask task costs milliseconds: a big file's consecutive ranges go together (up to
+    four chunks of work), small files in batches of up to four chunks too."""
+    files = [
+        InputFile("/d/big.log", 3000, MTIME),  # ten 300-byte ranges
+        *(InputFile(f"/d/s{i:02d}.log", 40, MTIME) for i in range(60)),
+    ]
+    p = make_plan(files, {}, fmt="lines", chunk_size=300, result_key=KEY, parts_dir=None)
+    batches = make_batches(p.run, workers=2, chunk_size=300, shape=DASK_BATCHES)
+    assert sorted(t.task_id for b in batches for t in b.tasks) == sorted(t.task_id for t in p.run)
+    big = [b for b in batches if b.tasks[0].path == "/d/big.log"]
+    assert [len(b.tasks) for b in big] == [4, 4, 2]  # 1,200 bytes a batch, largest first
+    for b in big:  # consecutive ranges of the file, in order
+        offsets = [t.offset for t in b.tasks]
+        assert offsets == sorted(offsets)
+        assert all(a.end == b2.offset for a, b2 in zip(b.tasks, b.tasks[1:], strict=False))
+    small = [b for b in batches if b.tasks[0].path != "/d/big.log"]
+    assert all(b.nbytes <= 4 * 300 for b in small)
+    assert len(small) < len(make_batches(p.run, workers=2, chunk_size=300)) - 10
 
 
 def reference_batches(tasks: list[TaskSpec], workers: int, chunk_size: int) -> list[Batch]:
