@@ -105,7 +105,7 @@ def _too_large(folder: str, limit: int) -> str:
     sizes: dict[str, int] = {}
     for relative, path in _sources(folder):
         with contextlib.suppress(OSError):
-            top = relative.split("/")[0]
+            top = relative.split("/")[0].removesuffix(".py")
             sizes[top] = sizes.get(top, 0) + os.path.getsize(path)
     largest = sorted(sizes.items(), key=lambda item: -item[1])[:3]
     shown = ", ".join(f"{name} ({size / 2**20:.1f} MiB)" for name, size in largest)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import multiprocessing
 import os
 import pickle
 import queue
@@ -85,24 +84,17 @@ def quiet_dask_logs(debug: bool) -> None:
         logger.setLevel(logging.NOTSET if name not in DASK_LOGGERS else level)
 
 
-def local_cluster_config(dashboard: str | None) -> dict[str, Any]:
-    """Dask settings for the life of a local cluster (restarted workers included).
-
-    Its workers are forked: this process has imported all that a worker needs (dask,
-    the pipeline), so a forked worker starts at once, where a spawned one imports it all
-    again (0.3-0.4 s of every run, on the critical path). The thread that forks them, the
-    cluster's event loop, blocks the stop signals, and so do they.
-
-    Dask's sampling profiler (a stack walk every 10 ms in each worker) costs a few
-    percent, for a profile that only the dashboard shows; so do other background loops
-    that have nothing to do here."""
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+def local_cluster_config(dashboard: str | None, start_method: str) -> dict[str, Any]:
+    """Dask settings for the life of a local cluster (restarted workers included): how its
+    worker processes start (``executors.dask``: forked by a fork server that has dask
+    loaded already), and dask's background work that has nothing to do here, off — its
+    sampling profiler (a stack walk every 10 ms in each worker: a few percent of job A,
+    for a profile only the dashboard shows), work stealing (tasks are pinned), the 20 ms
+    health tick of every event loop."""
     return {
-        "distributed.worker.multiprocessing-method": method,
+        "distributed.worker.multiprocessing-method": start_method,
         "distributed.worker.profile.enabled": dashboard is not None,
-        # Tasks are pinned to their workers: the scheduler has nothing to steal.
         "distributed.scheduler.work-stealing": False,
-        # Each event loop's health check (scheduler, nannies, workers: 20 ms by default)
         "distributed.admin.tick.interval": "500ms",
     }
 
@@ -133,11 +125,13 @@ class Cluster:
         workers: int,
         debug: bool = False,
         dashboard: str | None = None,
+        start_method: str | None = None,
     ) -> None:
         self.address = address
         self.n_local = workers
         self.debug = debug
         self.dashboard = dashboard
+        self.start_method = start_method or "spawn"  # a local cluster's worker processes
         self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.client: Client | None = None
         self.local: LocalCluster | None = None
@@ -181,7 +175,8 @@ class Cluster:
             for signum in STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_IGN)
             try:
-                self._local_config = dask.config.set(local_cluster_config(dashboard))
+                config = local_cluster_config(dashboard, self.start_method)
+                self._local_config = dask.config.set(config)
                 self.local = LocalCluster(
                     n_workers=self.n_local,
                     threads_per_worker=1,

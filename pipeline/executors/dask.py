@@ -56,6 +56,7 @@ from pipeline.executors.base import (
     StopCheck,
     error_results,
 )
+from pipeline.executors.shield import start_forkserver
 from pipeline.models import Batch, TaskResult
 from pipeline.store.parts import part_writer
 
@@ -69,7 +70,11 @@ STOP_ESCALATE_S = 5.0  # a worker told to exit and still there: its nanny restar
 WORKERS_REFRESH_S = 2.0  # how often the worker list is checked besides the events
 MAX_FREE_LOSSES = 3  # a batch lost this often with workers it had not started on is charged
 BARREN_LOSSES_PER_WORKER = 3  # worker deaths in a row without a finished batch, per worker
-EVENT_ORDER = {"start": 0, "removed": 1}  # then the others, as they came (see with_waiting)
+EVENT_ORDER = {"start": 0, "removed": 1}
+WORKER_PRELOAD = [
+    "distributed",
+    "pipeline.remote",
+]  # what a local cluster's worker needs  # then the others, as they came (see with_waiting)
 
 
 @dataclass(frozen=True)
@@ -113,12 +118,20 @@ class DaskExecutor:
 
     def _connect(self) -> Cluster:
         if self._cluster is None:
+            method = None
+            if self.dask.address is None:  # its workers, forked from a server that imports
+                # dask on the other core while this process does the same (0.3 s each)
+                method = "forkserver" if start_forkserver(WORKER_PRELOAD) else "spawn"
             from pipeline.executors.cluster import Cluster  # imports dask.distributed
 
             if self._modules is None:
                 self._modules = bundles.collect(self.dask.config_dir)
             cluster = Cluster(
-                self.dask.address, self.options.workers, self.dask.debug, self.dask.dashboard
+                self.dask.address,
+                self.options.workers,
+                self.dask.debug,
+                self.dask.dashboard,
+                method,
             )
             self._cluster = cluster
             cluster.connect()

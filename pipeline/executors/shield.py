@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.context
+import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import signal
 import threading
@@ -61,3 +62,18 @@ def helpers_shielded(context: multiprocessing.context.BaseContext) -> Iterator[N
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def start_forkserver(preload: list[str]) -> bool:
+    """Start this process's fork server now, shielded, importing ``preload`` in it: the
+    processes it forks later start at once, with those modules loaded, and ignore stop
+    signals (it restores, in each child, the handlers it was started with). Its children
+    inherit nothing of this process, unlike children forked from it directly, which would
+    keep each other's "parent alive" pipes open. False where there is no fork server."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(preload)
+    with helpers_shielded(context):
+        multiprocessing.forkserver.ensure_running()
+    return True
