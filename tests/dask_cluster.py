@@ -75,6 +75,29 @@ class DaskCluster:
     shared: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
+    tls: Path | None = None  # a folder with ca.pem, cert.pem, key.pem (make_certificates)
+
+    def tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            "--tls-ca-file",
+            str(self.tls / "ca.pem"),
+            "--tls-cert",
+            str(self.tls / "cert.pem"),
+            "--tls-key",
+            str(self.tls / "key.pem"),
+        ]
+
+    def client_env(self) -> dict[str, str]:
+        """dask's settings for a client of this cluster (its TLS credentials)."""
+        if self.tls is None:
+            return {}
+        return {
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(self.tls / "ca.pem"),
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(self.tls / "cert.pem"),
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": str(self.tls / "key.pem"),
+        }
 
     def start_process(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         """Start ``argv`` in a session of its own, in a mount namespace where ``private``
@@ -122,6 +145,7 @@ class DaskCluster:
             "--no-dashboard",
             "--name",
             name,
+            *self.tls_args(),
         ]
         if bare:
             argv = [sys.executable, "-c", BARE_WORKER_CODE, self.address, "--no-nanny", *common]
@@ -129,9 +153,21 @@ class DaskCluster:
             argv = [sys.executable, "-m", "distributed.cli.dask_worker", self.address, *common]
         self.start_process(name, argv, env)
 
-    def wait_for_workers(self, n: int, timeout: float = READY_TIMEOUT_S) -> None:
+    def connect(self):  # -> distributed.Client
         from distributed import Client
+        from distributed.security import Security
 
+        security = None
+        if self.tls is not None:
+            security = Security(
+                tls_ca_file=str(self.tls / "ca.pem"),
+                tls_client_cert=str(self.tls / "cert.pem"),
+                tls_client_key=str(self.tls / "key.pem"),
+                require_encryption=True,
+            )
+        return Client(self.address, timeout=5, set_as_default=False, security=security)
+
+    def wait_for_workers(self, n: int, timeout: float = READY_TIMEOUT_S) -> None:
         if n == 0:
             return
         deadline = time.monotonic() + timeout
@@ -141,7 +177,7 @@ class DaskCluster:
                 if proc.poll() is not None:
                     pytest.fail(f"a cluster process ended ({proc.returncode}):\n{tail(log)}")
             try:
-                with Client(self.address, timeout=5, set_as_default=False) as client:
+                with self.connect() as client:
                     client.wait_for_workers(n, timeout=max(1.0, deadline - time.monotonic()))
                     return
             except Exception as exc:  # not up yet
@@ -150,9 +186,7 @@ class DaskCluster:
         pytest.fail(f"the Dask cluster did not get {n} workers in {timeout}s: {last}")
 
     def worker_count(self) -> int:
-        from distributed import Client
-
-        with Client(self.address, timeout=5, set_as_default=False) as client:
+        with self.connect() as client:
             return len(client.scheduler_info(n_workers=-1)["workers"])
 
     def kill_scheduler(self) -> None:
@@ -190,17 +224,37 @@ def tail(path: Path, n: int = 3000) -> str:
         return "(no log)"
 
 
+def make_certificates(folder: Path) -> Path:
+    """A certificate authority and a certificate it signed for 127.0.0.1 (openssl)."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def openssl(command: str) -> None:  # no argument here has a space
+        subprocess.run(["openssl", *command.split()], cwd=folder, check=True, capture_output=True)
+
+    key = "-newkey rsa:2048 -nodes"
+    openssl(f"req -x509 {key} -days 2 -subj /CN=pipeline-ca -keyout ca.key -out ca.pem")
+    openssl(f"req {key} -subj /CN=127.0.0.1 -keyout key.pem -out cert.csr")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    signed = "-CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext"
+    openssl(f"x509 -req -in cert.csr {signed} -out cert.pem")
+    return folder
+
+
 def start_cluster(
-    base: Path, workers: int = 2, worker_env: dict[str, str] | None = None
+    base: Path,
+    workers: int = 2,
+    worker_env: dict[str, str] | None = None,
+    tls: Path | None = None,
 ) -> DaskCluster:
-    """A scheduler and ``workers`` workers, ready."""
+    """A scheduler and ``workers`` workers, ready (over TLS with ``tls``'s certificates)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.fail("the Dask cluster tests need root and unshare(1) (mount namespaces)")
     private, shared = base / "private", base / "shared"
     private.mkdir(parents=True, exist_ok=True)
     shared.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    cluster = DaskCluster(f"tcp://127.0.0.1:{port}", base, private, shared)
+    scheme = "tcp" if tls is None else "tls"
+    cluster = DaskCluster(f"{scheme}://127.0.0.1:{port}", base, private, shared, tls=tls)
     cluster.start_process(
         "scheduler",
         [
@@ -212,6 +266,8 @@ def start_cluster(
             "--port",
             str(port),
             "--no-dashboard",
+            *(["--protocol", "tls"] if tls is not None else []),
+            *cluster.tls_args(),
         ],
     )
     try:

@@ -70,11 +70,8 @@ STOP_ESCALATE_S = 5.0  # a worker told to exit and still there: its nanny restar
 WORKERS_REFRESH_S = 2.0  # how often the worker list is checked besides the events
 MAX_FREE_LOSSES = 3  # a batch lost this often with workers it had not started on is charged
 BARREN_LOSSES_PER_WORKER = 3  # worker deaths in a row without a finished batch, per worker
-EVENT_ORDER = {"start": 0, "removed": 1}
-WORKER_PRELOAD = [
-    "distributed",
-    "pipeline.remote",
-]  # what a local cluster's worker needs  # then the others, as they came (see with_waiting)
+EVENT_ORDER = {"start": 0, "removed": 1}  # then the others, as they came (see with_waiting)
+WORKER_PRELOAD = ["distributed", "pipeline.remote"]  # all a local cluster's worker imports
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.dask_cluster import DaskCluster
+from tests.dask_cluster import DaskCluster, make_certificates, start_cluster
 from tests.integration.helpers import REPO, access_config, run_cli, write_config, write_edge_data
 from tests.integration.test_equivalence import _assert_stats_equal, oracle
 
@@ -133,6 +133,33 @@ def test_edge_cases_match_the_oracle(
     report = json.loads((out / "report.json").read_text())
     assert report["records"]["in"] == counts["in"]
     assert report["records"]["malformed"] == counts["malformed"]
+
+
+def test_a_tls_cluster_through_dasks_own_settings(
+    tmp_path: Path, serial_stores: dict[str, Path]
+) -> None:
+    """A ``tls://`` scheduler and worker that require encryption; the client's credentials
+    come from dask's environment variables, as the README says."""
+    cluster = start_cluster(tmp_path / "c", workers=1, tls=make_certificates(tmp_path / "tls"))
+    try:
+        assert cluster.address.startswith("tls://")
+        folder = cluster.private / "job"
+        out = folder / "out"
+        config = portable_example("access-logs", folder, out, address=cluster.address)
+        result = run_cli(
+            "run",
+            str(config),
+            "--set",
+            "execution.executor=dask",
+            "--progress",
+            "none",
+            env={**cluster.client_env(), "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"},
+            timeout=120,
+        )
+    finally:
+        cluster.stop()
+    assert result.returncode == 0, result.stderr
+    assert_same_store(out, serial_stores["access-logs"])
 
 
 def test_a_run_with_the_process_executor_never_imports_dask(tmp_path: Path) -> None:
