@@ -304,13 +304,16 @@ class BatchShape:
     a task with at least ``min(chunk_size * chunks / 8, alone_work)`` of work is big;
     smaller ones go into batches of at most ``chunk_size * chunks`` of work and
     ``per_batch`` tasks, and of a count that gives every worker about ``per_worker``. Big
-    tasks go alone when ``chunks`` is 1, else in path order, in groups of up to
-    ``chunk_size * chunks`` of work (a big file's consecutive ranges, together)."""
+    tasks go alone when ``big_chunks`` is 1, else in path order (a big file's consecutive
+    ranges together), in groups of up to ``chunk_size * big_chunks`` of work that shrink
+    as the work left shrinks (guided self-scheduling: the last ones are a chunk each, so
+    no worker is left with a long batch while the others idle at the end)."""
 
     alone_work: int
     per_batch: int
     per_worker: int
     chunks: int = 1
+    big_chunks: int = 1  # the most chunks of big tasks a batch holds
 
     def alone_threshold(self, chunk_size: int) -> int:
         return max(1, min(chunk_size * self.chunks // 8, self.alone_work))
@@ -319,9 +322,9 @@ class BatchShape:
 POOL_BATCHES = BatchShape(alone_work=ALONE_WORK, per_batch=256, per_worker=8)
 """A Pool's round trip costs well under a millisecond."""
 
-DASK_BATCHES = BatchShape(alone_work=4 << 20, per_batch=4096, per_worker=4, chunks=4)
+DASK_BATCHES = BatchShape(alone_work=4 << 20, per_batch=4096, per_worker=4, chunks=4, big_chunks=16)
 """A Dask task costs 2-8 ms of overhead (scheduler, events, fetching the result): each
-should carry a few hundred milliseconds of work."""
+should carry a few hundred milliseconds of work (docs/dask-executor.md)."""
 
 
 def make_batches(
@@ -367,6 +370,7 @@ class Batcher:
         shape: BatchShape | None = None,
     ) -> None:
         self.shape = shape = shape or POOL_BATCHES
+        self.chunk_size = chunk_size
         self.max_work = chunk_size * shape.chunks
         self.workers = max(1, workers)
         self.threshold = shape.alone_threshold(chunk_size)
@@ -469,17 +473,21 @@ class Batcher:
         self._big_batches = [Batch.of(group) for group in reversed(groups)]  # taken from the end
 
     def _big_groups(self) -> list[tuple[TaskSpec, ...]]:
-        """Big tasks alone, or, when batches hold several chunks, a file's consecutive
-        ranges together up to ``chunk_size * chunks`` of work (ties stay in path order)."""
-        if self.shape.chunks == 1:
+        """Big tasks alone, or in path order in groups of at most a share of the work
+        left (``BatchShape``), a chunk at least, ``big_chunks`` at most."""
+        if self.shape.big_chunks == 1:
             return [(task,) for task in self.big]
+        cap = self.chunk_size * self.shape.big_chunks
+        share = 2 * self.workers  # a group: at most a half of each worker's share left
+        left = sum(map(_task_work, self.big))
         groups: list[tuple[TaskSpec, ...]] = []
         group: list[TaskSpec] = []
         work = 0
         for task in sorted(self.big, key=_path_order):
             size = _task_work(task)
-            if group and work + size > self.max_work:
+            if group and work + size > min(cap, max(self.chunk_size, left // share)):
                 groups.append(tuple(group))
+                left -= work
                 group, work = [], 0
             group.append(task)
             work += size

@@ -42,14 +42,12 @@ ANNOUNCE_TIMEOUT_S = 10.0
 # each task's start: ``timeout`` is per task, and a crash is charged to the task that was
 # running, not to its batch. Bigger batches (small files) announce their start only.
 ANNOUNCE_EACH_UP_TO = 16
+ZSTD_LEVEL = 1
+ZLIB_LEVEL = 1
 
 
 def announces_each_task(batch: Batch) -> bool:
     return 1 < len(batch.tasks) <= ANNOUNCE_EACH_UP_TO
-
-
-ZSTD_LEVEL = 1
-ZLIB_LEVEL = 1
 
 
 class BundleInstaller(WorkerPlugin):
@@ -103,7 +101,13 @@ class TaskHeader:
 
 
 def run_remote(
-    run: str, key: str, plugin: str, job: JobSpec, batch: Batch, codecs: tuple[str, ...]
+    run: str,
+    key: str,
+    plugin: str,
+    job: JobSpec,
+    batch: Batch,
+    codecs: tuple[str, ...],
+    client_version: str,
 ) -> tuple[bytes, bytes | None]:
     """One batch on this worker: (pickled (BatchOutput without its part, TaskHeader),
     the part's records, compressed with the first of ``codecs`` this worker has)."""
@@ -113,7 +117,13 @@ def run_remote(
     _announce(dask_worker, {**message, "task": 0})
     installer = dask_worker.plugins.get(plugin)
     folder = getattr(installer, "directory", None)
-    if folder is None:
+    if client_version != __version__:  # a worker that joined after the client's check
+        output = worker.failed_output(
+            batch,
+            f"the Dask worker {dask_worker.address} runs pipeline {__version__}, "
+            f"the client {client_version}",
+        )
+    elif folder is None:
         output = worker.failed_output(
             batch, "the config folder's modules are not installed on this Dask worker"
         )

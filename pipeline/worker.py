@@ -1,4 +1,4 @@
-"""The only code that runs in worker processes: a batch of tasks in, small results out.
+"""The code that runs batches in worker processes: a batch of tasks in, small results out.
 
 ``execute`` is the one entry point of every executor (the Pool's ``pool_run``, the
 serial executor, the Dask worker's ``remote.run_remote``): a job and a batch in, a

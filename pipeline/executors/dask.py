@@ -43,6 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeline import __version__
 from pipeline import bundle as bundles
 from pipeline.errors import ExecutionError
 from pipeline.executors.base import (
@@ -315,7 +316,7 @@ class _Loop:
                 return
             batch, attempt = item
             key = f"pipeline-{self.token}-{next(self.serial)}-a{attempt}-{batch.batch_id[:12]}"
-            args = (self.token, key, self.plugin, self.job, batch, self.codecs)
+            args = (self.token, key, self.plugin, self.job, batch, self.codecs, __version__)
             payload = pickle.dumps(
                 remote.RemoteCall(remote.run_remote, args), protocol=pickle.HIGHEST_PROTOCOL
             )
