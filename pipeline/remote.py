@@ -38,16 +38,19 @@ log = logging.getLogger(__name__)
 START_TOPIC = "pipeline-task-start"  # one topic for every run: the scheduler keeps each
 PLUGINS_DIR = "pipeline-plugins"  # under the worker's local directory
 ANNOUNCE_TIMEOUT_S = 10.0
-# Batches of up to this many tasks (a big file's ranges, each of a fair size) announce
-# each task's start: ``timeout`` is per task, and a crash is charged to the task that was
-# running, not to its batch. Bigger batches (small files) announce their start only.
+# A batch of a big file's ranges (each a chunk of work; up to this many) announces each
+# range's start: ``timeout`` is per range, and a crash is charged to the range that was
+# running, not to its batch. A batch of whole files announces its start only, as the
+# Pool's worker does (an acknowledged announcement costs a millisecond or two, a good
+# share of a small file's work).
 ANNOUNCE_EACH_UP_TO = 16
 ZSTD_LEVEL = 1
 ZLIB_LEVEL = 1
 
 
 def announces_each_task(batch: Batch) -> bool:
-    return 1 < len(batch.tasks) <= ANNOUNCE_EACH_UP_TO
+    tasks = batch.tasks
+    return 1 < len(tasks) <= ANNOUNCE_EACH_UP_TO and not any(t.covers_file for t in tasks)
 
 
 class BundleInstaller(WorkerPlugin):

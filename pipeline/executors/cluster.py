@@ -90,13 +90,17 @@ def local_cluster_config(dashboard: str | None, start_method: str) -> dict[str, 
     loaded already), and dask's background work that has nothing to do here, off — its
     sampling profiler (a stack walk every 10 ms in each worker: a few percent of job A,
     for a profile only the dashboard shows), work stealing (tasks are pinned), the 20 ms
-    health tick of every event loop."""
-    return {
+    health tick of every event loop, and, without a dashboard, the web routes."""
+    config: dict[str, Any] = {
         "distributed.worker.multiprocessing-method": start_method,
         "distributed.worker.profile.enabled": dashboard is not None,
         "distributed.scheduler.work-stealing": False,
         "distributed.admin.tick.interval": "500ms",
     }
+    if dashboard is None:  # no web server's routes at all (health, metrics), not just no dashboard
+        config["distributed.scheduler.http.routes"] = []
+        config["distributed.worker.http.routes"] = []
+    return config
 
 
 def env_name(setting: str) -> str:
@@ -184,8 +188,13 @@ class Cluster:
                     dashboard_address=dashboard,
                     silence_logs=level,
                     host="127.0.0.1",
+                    # Without a dashboard the scheduler still listens for HTTP, by default
+                    # on port 8787 (and warns when another cluster has it): any free port.
+                    scheduler_kwargs={} if dashboard else {"dashboard_address": "127.0.0.1:0"},
                 )
                 self.client = Client(self.local, set_as_default=False, direct_to_workers=True)
+            except Exception as exc:
+                raise ExecutionError(f"cannot start a local Dask cluster: {exc}") from exc
             finally:
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)

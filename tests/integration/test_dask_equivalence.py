@@ -9,6 +9,7 @@ Also: a run with the process executor never imports dask.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -160,6 +161,23 @@ def test_a_tls_cluster_through_dasks_own_settings(
         cluster.stop()
     assert result.returncode == 0, result.stderr
     assert_same_store(out, serial_stores["access-logs"])
+
+
+def test_progress_and_quiet_on_a_local_cluster(tmp_path: Path) -> None:
+    """The progress lines and bars are the process executor's; dask says nothing of its
+    own (``--quiet`` leaves stderr empty)."""
+    out = tmp_path / "out"
+    config = portable_example("access-logs", tmp_path / "cfg", out, executor="dask")
+    result = run_cli("run", str(config), "--progress", "log", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "executor: dask (a local cluster of" in result.stderr
+    assert re.search(r"progress: (\d+)/\1 tasks \(0 failed\)", result.stderr), result.stderr
+    result = run_cli("run", str(config), "--full", "--progress", "bar", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"tasks: 100%\|.*\| (\d+)/\1 ", result.stderr), result.stderr
+    result = run_cli("run", str(config), "--full", "--quiet", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
 
 
 def test_a_run_with_the_process_executor_never_imports_dask(tmp_path: Path) -> None:
