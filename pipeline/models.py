@@ -13,6 +13,12 @@ from typing import Any, NamedTuple
 
 COMPRESSED_SUFFIXES = {".gz": "gz", ".bz2": "bz2", ".xz": "xz", ".zst": "zst"}
 
+EACH_TASK_ANNOUNCED_UP_TO = 16
+"""On a Dask worker, a batch of at most this many tasks announces each task's start (and
+waits for the acknowledgement), so a crash is charged, and ``timeout`` applies, task by
+task; the dask executor groups big tasks by at most this many. A larger batch (of small
+files) announces its start only, as a Pool worker does."""
+
 
 class InputFile(NamedTuple):
     """A file found by discovery, with the fingerprint taken at discovery time. (A named

@@ -21,7 +21,7 @@ from typing import IO, NamedTuple
 from pipeline.chunking import is_splittable, split_ranges
 from pipeline.digest import file_digest
 from pipeline.errors import StoreError
-from pipeline.models import Batch, InputFile, TaskSpec, covers_file
+from pipeline.models import EACH_TASK_ANNOUNCED_UP_TO, Batch, InputFile, TaskSpec, covers_file
 from pipeline.store.ledger import TaskRow
 
 REASONS = ("new", "changed", "config-changed", "failed-before", "interrupted", "full", "unchanged")
@@ -304,16 +304,18 @@ class BatchShape:
     a task with at least ``min(chunk_size * chunks / 8, alone_work)`` of work is big;
     smaller ones go into batches of at most ``chunk_size * chunks`` of work and
     ``per_batch`` tasks, and of a count that gives every worker about ``per_worker``. Big
-    tasks go alone when ``big_chunks`` is 1, else in path order (a big file's consecutive
-    ranges together), in groups of up to ``chunk_size * big_chunks`` of work that shrink
-    as the work left shrinks (guided self-scheduling: the last ones are a chunk each, so
-    no worker is left with a long batch while the others idle at the end)."""
+    tasks go alone when ``big_per_batch`` is 1, else in path order (a big file's
+    consecutive ranges together), in groups of up to ``big_per_batch`` tasks and
+    ``chunk_size * big_chunks`` of work that shrink as the work left shrinks (guided
+    self-scheduling: the last ones are a task each, so no worker is left with a long batch
+    while the others idle at the end)."""
 
     alone_work: int
     per_batch: int
     per_worker: int
     chunks: int = 1
     big_chunks: int = 1  # the most chunks of big tasks a batch holds
+    big_per_batch: int = 1  # and the most big tasks
 
     def alone_threshold(self, chunk_size: int) -> int:
         return max(1, min(chunk_size * self.chunks // 8, self.alone_work))
@@ -322,7 +324,14 @@ class BatchShape:
 POOL_BATCHES = BatchShape(alone_work=ALONE_WORK, per_batch=256, per_worker=8)
 """A Pool's round trip costs well under a millisecond."""
 
-DASK_BATCHES = BatchShape(alone_work=4 << 20, per_batch=4096, per_worker=4, chunks=4, big_chunks=16)
+DASK_BATCHES = BatchShape(
+    alone_work=1 << 20,
+    per_batch=4096,
+    per_worker=4,
+    chunks=4,
+    big_chunks=EACH_TASK_ANNOUNCED_UP_TO,
+    big_per_batch=EACH_TASK_ANNOUNCED_UP_TO,  # so that each is announced (blame, timeout)
+)
 """A Dask task costs 2-8 ms of overhead (scheduler, events, fetching the result): each
 should carry a few hundred milliseconds of work (docs/dask-executor.md)."""
 
@@ -474,10 +483,12 @@ class Batcher:
 
     def _big_groups(self) -> list[tuple[TaskSpec, ...]]:
         """Big tasks alone, or in path order in groups of at most a share of the work
-        left (``BatchShape``), a chunk at least, ``big_chunks`` at most."""
-        if self.shape.big_chunks == 1:
+        left (``BatchShape``): a chunk at least, ``big_chunks`` and ``big_per_batch``
+        at most."""
+        if self.shape.big_per_batch == 1:
             return [(task,) for task in self.big]
         cap = self.chunk_size * self.shape.big_chunks
+        most = self.shape.big_per_batch
         share = 2 * self.workers  # a group: at most a half of each worker's share left
         left = sum(map(_task_work, self.big))
         groups: list[tuple[TaskSpec, ...]] = []
@@ -485,7 +496,8 @@ class Batcher:
         work = 0
         for task in sorted(self.big, key=_path_order):
             size = _task_work(task)
-            if group and work + size > min(cap, max(self.chunk_size, left // share)):
+            target = min(cap, max(self.chunk_size, left // share))
+            if group and (len(group) >= most or work + size > target):
                 groups.append(tuple(group))
                 left -= work
                 group, work = [], 0

@@ -7,10 +7,11 @@ and the payload's ``RemoteCall.__reduce__`` names ``run_remote``, so only a work
 unpickling it, imports this module and runs the batch. What comes back is bytes too
 (the results pickled, the part's records), so the scheduler can pass it on untouched.
 
-A task announces its start to the client before it touches any input (an event the
-scheduler relays, sent and acknowledged before the batch starts): a worker that dies
-right after is known to have been running that batch, which is charged an attempt, while
-batches only queued on it go round again for free.
+A task announces its start to the client before it touches any input: on a remote
+cluster, an event the scheduler relays, sent and acknowledged before the batch starts;
+on a local cluster, a record written in the worker's own folder, which the client reads.
+A worker that dies right after is known to have been running that batch, which is
+charged an attempt, while batches only queued on it go round again for free.
 """
 
 from __future__ import annotations
@@ -31,26 +32,23 @@ from distributed.utils import sync
 
 from pipeline import __version__, bundle, worker
 from pipeline.heap import keep_freed_heap
-from pipeline.models import Batch, JobSpec
+from pipeline.models import EACH_TASK_ANNOUNCED_UP_TO, Batch, JobSpec
 
 log = logging.getLogger(__name__)
 
 START_TOPIC = "pipeline-task-start"  # one topic for every run: the scheduler keeps each
 PLUGINS_DIR = "pipeline-plugins"  # under the worker's local directory
 ANNOUNCE_TIMEOUT_S = 10.0
-# A batch of a big file's ranges (each a chunk of work; up to this many) announces each
-# range's start: ``timeout`` is per range, and a crash is charged to the range that was
-# running, not to its batch. A batch of whole files announces its start only, as the
-# Pool's worker does (an acknowledged announcement costs a millisecond or two, a good
-# share of a small file's work).
-ANNOUNCE_EACH_UP_TO = 16
 ZSTD_LEVEL = 1
 ZLIB_LEVEL = 1
 
 
+STARTED_FILE = "pipeline-started"  # in a local cluster's worker's folder
+STARTED_WIDTH = 256
+
+
 def announces_each_task(batch: Batch) -> bool:
-    tasks = batch.tasks
-    return 1 < len(tasks) <= ANNOUNCE_EACH_UP_TO and not any(t.covers_file for t in tasks)
+    return 1 < len(batch.tasks) <= EACH_TASK_ANNOUNCED_UP_TO
 
 
 class BundleInstaller(WorkerPlugin):
@@ -111,13 +109,25 @@ def run_remote(
     batch: Batch,
     codecs: tuple[str, ...],
     client_version: str,
+    local: bool,
 ) -> tuple[bytes, bytes | None]:
     """One batch on this worker: (pickled (BatchOutput without its part, TaskHeader),
-    the part's records, compressed with the first of ``codecs`` this worker has)."""
+    the part's records, compressed with the first of ``codecs`` this worker has).
+    ``local``: the client is on this machine and reads the starts from a file."""
     dask_worker = get_worker()
     host = socket.gethostname()
     message = {"run": run, "key": key, "pid": os.getpid(), "host": host}
-    _announce(dask_worker, {**message, "task": 0})
+    if local:
+        folder = dask_worker.local_directory
+
+        def announce_start(message: dict[str, Any]) -> None:
+            _announce_locally(folder, message)
+    else:
+
+        def announce_start(message: dict[str, Any]) -> None:
+            _announce(dask_worker, message)
+
+    announce_start({**message, "task": 0})
     installer = dask_worker.plugins.get(plugin)
     folder = getattr(installer, "directory", None)
     if client_version != __version__:  # a worker that joined after the client's check
@@ -138,7 +148,7 @@ def run_remote(
 
             def announce(index: int) -> None:
                 if index:
-                    _announce(dask_worker, {**message, "task": index})
+                    announce_start({**message, "task": index})
 
         output = worker.execute(job, batch, announce)
     codec, part = _compress(output.part, codecs)
@@ -162,6 +172,31 @@ def _announce(dask_worker: Any, message: dict[str, Any]) -> None:
         )
     except Exception as exc:  # the client then knows less; the batch still runs
         log.warning("cannot announce the start of %s: %s", message["key"], exc)
+
+
+def _announce_locally(folder: str, message: dict[str, Any]) -> None:
+    """The start, rewritten in place in this worker's own folder (a fixed-width record:
+    a reader never sees half of one), for a client on this machine to read when it needs
+    to: no message, no wait. Written before the task runs, it names it after a crash."""
+    text = f"{message['run']} {message['key']} {message['task']} {message['pid']} {message['host']}"
+    fd = os.open(os.path.join(folder, STARTED_FILE), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.pwrite(fd, text.ljust(STARTED_WIDTH).encode("utf-8", "replace")[:STARTED_WIDTH], 0)
+    finally:
+        os.close(fd)
+
+
+def read_local_start(folder: str) -> dict[str, Any] | None:
+    """The last start a local worker wrote (``_announce_locally``), or None."""
+    try:
+        with open(os.path.join(folder, STARTED_FILE), "rb") as handle:
+            fields = handle.read(STARTED_WIDTH).decode("utf-8", "replace").split()
+    except OSError:
+        return None
+    if len(fields) != 5 or not fields[2].isdigit() or not fields[3].isdigit():
+        return None
+    run, key, task, pid, host = fields
+    return {"run": run, "key": key, "task": int(task), "pid": int(pid), "host": host}
 
 
 def _compress(part: bytes | None, codecs: tuple[str, ...]) -> tuple[str | None, bytes | None]:

@@ -61,6 +61,7 @@ class WorkerInfo:
     nthreads: int
     host: str
     nanny: str | None
+    local_directory: str | None = None
 
 
 class _Lost(Exception):
@@ -70,18 +71,21 @@ class _Lost(Exception):
 def quiet_dask_logs(debug: bool) -> None:
     """dask.distributed logs to stderr in its own format, tracebacks included, about
     events this run reports itself (a worker's death, a closed connection at shutdown):
-    its loggers go through this process's handlers, and only with ``--debug``."""
-    level = logging.INFO if debug else logging.CRITICAL + 1
+    its console handlers go, and its records reach this process's handlers only with
+    ``--debug``. Its own in-memory logs (the nannies' and workers' of a local cluster,
+    which say how a worker process ended) still get them."""
     names = [
         name for name in list(logging.root.manager.loggerDict) if name.split(".")[0] in DASK_LOGGERS
     ]
     for name in {*DASK_LOGGERS, *names}:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-        logger.propagate = True
+            if isinstance(handler, logging.StreamHandler):  # the console, a file
+                logger.removeHandler(handler)
+        top = name in DASK_LOGGERS
+        logger.propagate = debug or not top
         # Children that dask's config gave a level of their own keep it unless reset.
-        logger.setLevel(logging.NOTSET if name not in DASK_LOGGERS else level)
+        logger.setLevel(logging.INFO if top else logging.NOTSET)
 
 
 def local_cluster_config(dashboard: str | None, start_method: str) -> dict[str, Any]:
@@ -275,7 +279,11 @@ class Cluster:
         for address, entry in info.get("workers", {}).items():
             host = entry.get("host") or address.split("://")[-1].rsplit(":", 1)[0]
             found[address] = WorkerInfo(
-                address, int(entry.get("nthreads") or 1), host, entry.get("nanny")
+                address,
+                int(entry.get("nthreads") or 1),
+                host,
+                entry.get("nanny"),
+                entry.get("local_directory"),
             )
         return found
 

@@ -5,8 +5,9 @@ Data flow (``Cluster`` in ``executors.cluster`` is all the code that talks to Da
     batches ──> Schedule (window: 2 per worker thread; retries and lost batches first)
        │ each batch pinned to a worker with room: submit(pickle.loads, payload)
        ▼
-    Dask worker: remote.run_remote: announce start (acknowledged) ──> worker.execute(job,
-       │ batch) ──> (pickled results, the part's records, compressed for a remote cluster)
+    Dask worker: remote.run_remote: announce start (acknowledged; a local cluster's: in a
+       │ file) ──> worker.execute(job, batch) ──> (pickled results, the part's records,
+       │ compressed for a remote cluster)
        ▼ events: done / start / worker removed / worker added
     this loop (main thread): part file written (tmp, fsync, rename) ──> on_outcome
 
@@ -211,7 +212,8 @@ class _Loop:
         self.cluster = cluster
         self.plugin = executor.dask.plugin_name
         self.job = dataclasses.replace(options.job, records_back=True, import_dirs=())
-        self.codecs = remote_codecs(cluster.local is not None)
+        self.local = cluster.local is not None  # its workers write their starts in files
+        self.codecs = remote_codecs(self.local)
         self.schedule = Schedule(batches, window=1, retries=options.retries)
         self.on_outcome = on_outcome
         self.should_stop = should_stop
@@ -268,6 +270,7 @@ class _Loop:
                 f"lost the connection to the Dask scheduler ({self.cluster.describe()}); "
                 "the tasks not finished stay pending for the next run"
             )
+        self.observe()
         if self.should_stop() and not self.schedule.stopping:
             self.begin_stop()
         now = time.monotonic()
@@ -316,7 +319,16 @@ class _Loop:
                 return
             batch, attempt = item
             key = f"pipeline-{self.token}-{next(self.serial)}-a{attempt}-{batch.batch_id[:12]}"
-            args = (self.token, key, self.plugin, self.job, batch, self.codecs, __version__)
+            args = (
+                self.token,
+                key,
+                self.plugin,
+                self.job,
+                batch,
+                self.codecs,
+                __version__,
+                self.local,
+            )
             payload = pickle.dumps(
                 remote.RemoteCall(remote.run_remote, args), protocol=pickle.HIGHEST_PROTOCOL
             )
@@ -331,6 +343,7 @@ class _Loop:
         idle = [a for a in self.workers if a not in self.stopped and not load[a]]
         if not idle or self.schedule.stopping:
             return False
+        self.observe()
         waiting = [
             flight
             for flight in reversed(self.flights.values())
@@ -349,15 +362,30 @@ class _Loop:
         if not isinstance(message, dict) or message.get("run") != self.token:
             return
         flight = self.flights.get(message.get("key", ""))
-        if flight is None:
+        task = message.get("task")
+        if flight is None or not isinstance(task, int) or not 0 <= task < len(flight.batch.tasks):
             return
         if flight.started is None:
             flight.pid = message.get("pid")
             flight.host = message.get("host")
-        flight.started = time.monotonic()  # of the batch, then of each of its ranges
-        task = message.get("task")
-        if isinstance(task, int) and 0 <= task < len(flight.batch.tasks):
-            flight.task = task
+        elif task <= flight.task:
+            return  # seen already (a local worker's record is read again and again)
+        flight.started = time.monotonic()  # of the batch, then of each of its tasks
+        flight.task = task
+
+    def observe(self, addresses: list[str] | None = None) -> None:
+        """A local cluster's workers write their starts in their own folders: read them
+        (for the workers that hold batches, or ``addresses``)."""
+        if not self.local:
+            return
+        if addresses is None:
+            addresses = list({flight.worker for flight in self.flights.values()})
+        for address in addresses:
+            info = self.workers.get(address) or self.gone.get(address)
+            if info is not None and info.local_directory:
+                message = self.remote.read_local_start(info.local_directory)
+                if message is not None:
+                    self.started(message)
 
     def finish(self, key: str) -> None:
         flight = self.flights.get(key)
@@ -418,6 +446,7 @@ class _Loop:
         """A worker left (died, or was stopped): settle every batch it held."""
         if address is None:
             return
+        self.observe([address])  # what it had started, before it is forgotten
         info = self.workers.pop(address, None)
         if info is not None:
             self.gone[address] = info
@@ -491,6 +520,7 @@ class _Loop:
                 self.deliver(self.schedule.release(other.batch.batch_id))
 
     def begin_stop(self) -> None:
+        self.observe()
         self.schedule.stop()
         self.stop_deadline = time.monotonic() + self.options.grace
         waiting = [flight for flight in self.flights.values() if flight.started is None]

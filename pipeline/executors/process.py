@@ -29,7 +29,6 @@ import contextlib
 import logging
 import multiprocessing
 import multiprocessing.pool
-import multiprocessing.resource_tracker
 import queue
 import threading
 import time

@@ -237,9 +237,17 @@ def worker_imports(job: Job) -> list[str]:
     return [line.split()[1] for line in job.lines("imports") if line.startswith("worker")]
 
 
-def test_worker_killed_on_every_attempt_is_crashed(cluster_job: Job) -> None:
+@pytest.fixture(params=["cluster_job", "local_job"], ids=["cli-cluster", "local-cluster"])
+def any_job(request: pytest.FixtureRequest) -> Job:
+    """The same job on the CLI cluster (starts announced through the scheduler) and on a
+    local cluster (starts written by the workers in files the client reads)."""
+    return request.getfixturevalue(request.param)
+
+
+def test_worker_killed_on_every_attempt_is_crashed(any_job: Job) -> None:
     """retries is the one retry policy: attempts = retries + 1, though the scheduler's
     allowed-failures (3) would rerun the task itself; the nanny's word on the signal."""
+    cluster_job = any_job
     cluster_job.settings("kill")
     result = run_pipeline(cluster_job.config)
     assert_one_failure(cluster_job, result.rc, result.stderr, "crashed", "was killed by SIGKILL")
@@ -252,6 +260,16 @@ def test_worker_killed_on_every_attempt_is_crashed(cluster_job: Job) -> None:
 
 
 # --- a task that hangs, a step that raises, the error budget ----------------------------
+
+
+def test_hung_record_on_a_local_cluster_times_out(local_job: Job) -> None:
+    local_job.settings("hang")
+    local_job.configure(timeout="2s")
+    result = run_pipeline(local_job.config, timeout=60)
+    assert result.elapsed < 2 * 2 + 15, result.elapsed
+    assert_one_failure(local_job, result.rc, result.stderr, "timeout", "timeout (2s)")
+    hits = local_job.lines("hits")
+    assert len(hits) == 2 and hits[0] != hits[1]
 
 
 def test_hung_record_times_out_and_the_cluster_serves_the_next_run(

@@ -73,12 +73,22 @@ def batches(n: int) -> list[Batch]:
 
 
 def make_loop(
-    tmp_path: Path, n: int = 6, retries: int = 1, timeout: float | None = None
+    tmp_path: Path,
+    n: int = 6,
+    retries: int = 1,
+    timeout: float | None = None,
+    local: bool = False,
 ) -> tuple[_Loop, FakeCluster, list[Outcome]]:
     job = JobSpec("lines", "utf-8", (), {}, False, str(tmp_path))
     options = ExecutorOptions(job=job, workers=2, retries=retries, timeout=timeout, grace=5)
     executor = DaskExecutor(options, DaskOptions())
     cluster = FakeCluster()
+    if local:  # workers on this machine, each with a folder of its own
+        cluster.local = object()
+        for address, info in list(cluster.current.items()):
+            folder = tmp_path / address.rsplit("/", 1)[1]
+            folder.mkdir()
+            cluster.current[address] = dataclasses.replace(info, local_directory=str(folder))
     outcomes: list[Outcome] = []
     loop = _Loop(
         executor, cluster, iter(batches(n)), outcomes.append, lambda: False, lambda: False, None
@@ -92,8 +102,9 @@ def key_of(loop: _Loop, batch_id: str) -> str:
     return next(k for k, f in loop.flights.items() if f.batch.batch_id == batch_id)
 
 
-def start(loop: _Loop, key: str, pid: int = 7) -> None:
-    loop.handle(("start", {"run": loop.token, "key": key, "pid": pid, "host": "host"}))
+def start(loop: _Loop, key: str, pid: int = 7, task: int = 0) -> None:
+    message = {"run": loop.token, "key": key, "pid": pid, "host": "host", "task": task}
+    loop.handle(("start", message))
 
 
 def attempt_of(key: str) -> int:
@@ -243,7 +254,7 @@ def test_starts_are_handled_before_removals_queued_with_them(tmp_path: Path) -> 
     loop, cluster, _ = make_loop(tmp_path)
     key = next(k for k, w in cluster.submitted.items() if w == "tcp://w0")
     cluster.events.put(("removed", "tcp://w0"))
-    cluster.events.put(("start", {"run": loop.token, "key": key, "pid": 1, "host": "h"}))
+    cluster.events.put(("start", {"run": loop.token, "key": key, "pid": 1, "host": "h", "task": 0}))
     first = ("done", "nothing")
     order = [kind for kind, _ in loop.with_waiting(first)]
     assert order == ["start", "removed", "done"]
@@ -311,3 +322,29 @@ def test_an_idle_worker_takes_a_batch_waiting_behind_another_at_the_end(
     moved = [k for k in loop.flights if cluster.submitted[k] == "tcp://w0"]
     assert len(moved) == 1 and attempt_of(moved[0]) == 1  # ...to the idle worker, for free
     assert on_w1[0] in loop.flights and on_w1[0] not in cluster.cancelled
+
+
+def test_a_local_workers_start_is_read_from_its_folder_and_names_the_culprit(
+    tmp_path: Path,
+) -> None:
+    """On a local cluster, a worker writes each start into a file of its own folder
+    (before the task runs); the client reads it every tick (timeouts) and when the worker
+    dies (blame): no message to lose, none to wait for."""
+    loop, cluster, outcomes = make_loop(tmp_path, retries=0, local=True)
+    running, queued = [k for k, w in cluster.submitted.items() if w == "tcp://w0"]
+    folder = cluster.current["tcp://w0"].local_directory
+    message = {"run": loop.token, "key": running, "task": 0, "pid": 4242, "host": "h"}
+    loop.remote._announce_locally(folder, message)
+    assert loop.remote.read_local_start(folder) == message
+    assert not loop.check()  # a tick: the start is seen
+    flight = loop.flights[running]
+    assert flight.started is not None and flight.pid == 4242
+    first = flight.started
+    assert not loop.check()
+    assert flight.started == first  # read again: not a new start
+    queued_batch = loop.flights[queued].batch
+    del cluster.current["tcp://w0"]
+    loop.handle(("removed", "tcp://w0"))
+    [outcome] = outcomes  # the running one, charged (retries: 0); the queued one: free
+    assert outcome.results[0].error_kind == "crashed" and "pid 4242" in outcome.results[0].error
+    assert loop.schedule.take() == (queued_batch, 1)
