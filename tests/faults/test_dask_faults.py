@@ -18,33 +18,32 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.dask_cluster import DaskCluster, start_cluster
-from tests.faults.test_signals import Harness, assert_no_process_left, wait_for
+from tests.faults.test_signals import Harness, Launched, assert_no_process_left, wait_for
 from tests.faults.test_worker_faults import (
-    FAULT_FILE,
-    FAULT_LINE,
     FAULT_MARK,
-    LINE_WIDTH,
+    FAULT_OFFSET,
     N_FILES,
     N_LINES,
     TOTAL_TASKS,
     Clean,
+    assert_one_failure,
     assert_store_ok,
     line_text,
     run_pipeline,
 )
-from tests.integration.helpers import REPO, run_cli, write_config
+from tests.integration.helpers import REPO, CliResult, run_cli, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
 PLUGINS = Path(__file__).with_name("plugins_dask")
 CHUNK = "25000"  # each 50,000-byte file: two tasks
-FAULT_OFFSET = FAULT_LINE * LINE_WIDTH
 
 
 def write_inputs(data: Path) -> None:
@@ -148,47 +147,11 @@ def local_job(tmp_path: Path) -> Job:
     return Job(tmp_path / "cfg", tmp_path / "data", tmp_path / "fault")
 
 
-def records_without(clean: Clean, f: int, lo: int, hi: int) -> bytes:
-    kept = []
-    for line in clean.records.splitlines(keepends=True):
-        rec = json.loads(line)
-        if int(rec["f"]) == f and lo <= int(rec["l"]) * LINE_WIDTH < hi:
-            continue
-        kept.append(line)
-    return b"".join(kept)
-
-
 def assert_reference(out: Path, clean: Clean) -> dict[str, Any]:
     assert (out / "records.jsonl").read_bytes() == clean.records
     assert json.loads((out / "stats.json").read_text()) == clean.stats
     assert_store_ok(out)
     return json.loads((out / "report.json").read_text())
-
-
-def assert_one_failure(job: Job, rc: int, stderr: str, kind: str, *parts: str) -> dict:
-    assert rc == 1, stderr
-    assert "Traceback" not in stderr
-    report = json.loads((job.out / "report.json").read_text())
-    assert report["status"] == "failed"
-    assert report["tasks"] == {
-        "total": TOTAL_TASKS,
-        "done": TOTAL_TASKS - 1,
-        "failed": 1,
-        "skipped": 0,
-        "pending": 0,
-    }
-    [failure] = report["failures"]
-    assert failure["path"].endswith(f"f{FAULT_FILE}.log")
-    lo, hi = failure["range"]
-    assert lo <= FAULT_OFFSET < hi
-    assert failure["kind"] == kind, failure
-    assert failure["attempts"] == 2  # retries: 1
-    for part in parts:
-        assert part in failure["error"], failure["error"]
-    want = records_without(reference(), FAULT_FILE, lo, hi)
-    assert (job.out / "records.jsonl").read_bytes() == want
-    assert_store_ok(job.out)
-    return report
 
 
 # --- the plugins reach the workers; the workers never reach the store ----------------------
@@ -250,7 +213,7 @@ def test_worker_killed_on_every_attempt_is_crashed(any_job: Job) -> None:
     cluster_job = any_job
     cluster_job.settings("kill")
     result = run_pipeline(cluster_job.config)
-    assert_one_failure(cluster_job, result.rc, result.stderr, "crashed", "was killed by SIGKILL")
+    assert_one_failure(result, reference(), "crashed", "was killed by SIGKILL")
     assert len(cluster_job.lines("hits")) == 2
     cluster_job.settings(None)  # the fault is gone: the next run redoes the failed task
     rerun = run_pipeline(cluster_job.config)
@@ -267,7 +230,7 @@ def test_hung_record_on_a_local_cluster_times_out(local_job: Job) -> None:
     local_job.configure(timeout="2s")
     result = run_pipeline(local_job.config, timeout=60)
     assert result.elapsed < 2 * 2 + 15, result.elapsed
-    assert_one_failure(local_job, result.rc, result.stderr, "timeout", "timeout (2s)")
+    assert_one_failure(result, reference(), "timeout", "timeout (2s)")
     hits = local_job.lines("hits")
     assert len(hits) == 2 and hits[0] != hits[1]
 
@@ -279,7 +242,7 @@ def test_hung_record_times_out_and_the_cluster_serves_the_next_run(
     cluster_job.configure(timeout="2s")
     result = run_pipeline(cluster_job.config, timeout=60)
     assert result.elapsed < 2 * 2 + 15, result.elapsed  # two attempts of 2 s, restarts
-    assert_one_failure(cluster_job, result.rc, result.stderr, "timeout", "timeout (2s)")
+    assert_one_failure(result, reference(), "timeout", "timeout (2s)")
     hits = cluster_job.lines("hits")
     assert len(hits) == 2 and hits[0] != hits[1]
     dask_cluster.wait_for_workers(2)  # the stopped workers were replaced by their nannies
@@ -293,12 +256,7 @@ def test_step_error_fails_only_its_task(cluster_job: Job) -> None:
     cluster_job.settings("raise")
     result = run_pipeline(cluster_job.config)
     assert_one_failure(
-        cluster_job,
-        result.rc,
-        result.stderr,
-        "error",
-        f"byte offset {FAULT_OFFSET}",
-        "ValueError: injected failure",
+        result, reference(), "error", f"byte offset {FAULT_OFFSET}", "ValueError: injected failure"
     )
     assert len(cluster_job.lines("hits")) == 2
 
@@ -324,6 +282,35 @@ def test_error_budget_stops_submitting(cluster_job: Job) -> None:
 # --- signals and kill -9 of the client --------------------------------------------------
 
 
+def interrupt(
+    job: Job, tmp_path: Path, act: Callable[[Launched], None], slow: float = 0.002
+) -> CliResult:
+    """A slow run of ``job`` (``slow`` s a record: a task, 1,000 records, takes
+    ``1,000 * slow`` s) in its own session; once both workers are inside a batch, ``act``
+    on it; then its end, and no process of it left (a local cluster's included)."""
+    job.settings(slow=slow)
+    harness = Harness(tmp_path / "logs")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        run = harness.launch("run", str(job.config), "--progress", "none", env=env)
+        wait_for(lambda: len(job.busy_workers()) >= 2, 60, "two busy workers", run)
+        act(run)
+        result = run.wait()
+        assert_no_process_left(run.pgid)
+    finally:
+        harness.cleanup()
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def resume(job: Job, *args: str) -> dict[str, Any]:
+    """The same job again, fast: the reference store; its report."""
+    job.settings()
+    rerun = run_pipeline(job.config, timeout=60, args=args)
+    assert rerun.rc == 0, rerun.stderr
+    return assert_reference(job.out, reference())
+
+
 @pytest.mark.parametrize(("signum", "rc"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_stop_signal_to_the_group_then_resume(
     local_job: Job, tmp_path: Path, signum: int, rc: int
@@ -331,94 +318,42 @@ def test_stop_signal_to_the_group_then_resume(
     """Ctrl-C (or a service manager's SIGTERM) reaches the client and its local cluster's
     workers alike: the workers, shielded, finish the batches they started within grace;
     the batches not started stay pending; nothing of the run is left; a resume completes."""
-    local_job.settings(slow=0.002)  # a task: about 2 s
-    harness = Harness(tmp_path / "logs")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    try:
-        run = harness.launch("run", str(local_job.config), "--progress", "none", env=env)
-        wait_for(lambda: len(local_job.busy_workers()) >= 2, 60, "two busy workers", run)
-        run.signal_group(signum)
-        result = run.wait()
-        assert_no_process_left(run.pgid)
-    finally:
-        harness.cleanup()
+    result = interrupt(local_job, tmp_path, lambda run: run.signal_group(signum))
     assert result.returncode == rc, result.stderr
-    assert "Traceback" not in result.stderr
     report = json.loads((local_job.out / "report.json").read_text())
     assert report["status"] == "interrupted" and report["exit_code"] == rc
     tasks = report["tasks"]
     assert tasks["done"] >= 2 and tasks["pending"] >= 1 and tasks["failed"] == 0, tasks
     assert tasks["done"] + tasks["pending"] == TOTAL_TASKS
-    local_job.settings()
-    rerun = run_pipeline(local_job.config)
-    assert rerun.rc == 0, rerun.stderr
-    report = assert_reference(local_job.out, reference())
-    assert report["tasks"]["done"] == tasks["pending"]
+    assert resume(local_job)["tasks"]["done"] == tasks["pending"]
 
 
 def test_second_signal_stops_at_once(local_job: Job, tmp_path: Path) -> None:
-    local_job.settings(slow=0.02)  # a task: about 20 s, far past the test's patience
-    harness = Harness(tmp_path / "logs")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    try:
-        run = harness.launch("run", str(local_job.config), "--progress", "none", env=env)
-        wait_for(lambda: len(local_job.busy_workers()) >= 2, 60, "two busy workers", run)
+    def twice(run: Launched) -> None:
         run.signal_group(signal.SIGINT)
         wait_for(lambda: "stopping" in run.stderr(), 20, "the first signal's notice", run)
-        started = time.monotonic()
         run.signal_group(signal.SIGINT)
-        result = run.wait()
-        assert time.monotonic() - started < 10
-        assert_no_process_left(run.pgid)
-    finally:
-        harness.cleanup()
+        run.wait(10)  # not the grace (10 s) nor a task's 20 s: at once
+
+    result = interrupt(local_job, tmp_path, twice, slow=0.02)
     assert result.returncode == 130, result.stderr
     report = json.loads((local_job.out / "report.json").read_text())
     assert report["status"] == "interrupted" and report["tasks"]["pending"] > 0
-    local_job.settings()
-    rerun = run_pipeline(local_job.config)
-    assert rerun.rc == 0, rerun.stderr
-    assert_reference(local_job.out, reference())
+    resume(local_job)
 
 
 def test_kill9_of_the_client_leaves_no_local_cluster_and_resumes(
     local_job: Job, tmp_path: Path
 ) -> None:
-    local_job.settings(slow=0.002)
-    harness = Harness(tmp_path / "logs")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    try:
-        run = harness.launch("run", str(local_job.config), "--progress", "none", env=env)
-        wait_for(lambda: len(local_job.busy_workers()) >= 2, 60, "two busy workers", run)
-        run.signal_parent(signal.SIGKILL)
-        run.wait()
-        assert_no_process_left(run.pgid)  # the local cluster's workers die with it
-    finally:
-        harness.cleanup()
-    local_job.settings()
-    rerun = run_pipeline(local_job.config)
-    assert rerun.rc == 0, rerun.stderr
-    assert_reference(local_job.out, reference())
+    interrupt(local_job, tmp_path, lambda run: run.signal_parent(signal.SIGKILL))
+    resume(local_job)
 
 
 def test_kill9_of_the_client_on_a_cluster_then_resume(cluster_job: Job, tmp_path: Path) -> None:
     """The scheduler drops the dead client's queued tasks; those running finish on the
     workers, which write nothing into the store; the next run completes it."""
-    cluster_job.settings(slow=0.002)
-    harness = Harness(tmp_path / "logs")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    try:
-        run = harness.launch("run", str(cluster_job.config), "--progress", "none", env=env)
-        wait_for(lambda: len(cluster_job.busy_workers()) >= 2, 60, "two busy workers", run)
-        run.signal_parent(signal.SIGKILL)
-        run.wait()
-        assert_no_process_left(run.pgid)
-    finally:
-        harness.cleanup()
-    cluster_job.settings()
-    rerun = run_pipeline(cluster_job.config, timeout=60)
-    assert rerun.rc == 0, rerun.stderr
-    assert_reference(cluster_job.out, reference())
+    interrupt(cluster_job, tmp_path, lambda run: run.signal_parent(signal.SIGKILL))
+    resume(cluster_job)
 
 
 # --- the scheduler, the address, the workers' versions ----------------------------------
@@ -430,33 +365,19 @@ def test_scheduler_lost_mid_run_then_resume_on_a_new_one(tmp_path: Path) -> None
         data = cluster.shared / "data"
         write_inputs(data)
         job = Job(cluster.private / "job", data, cluster.shared / "fault", address=cluster.address)
-        job.settings(slow=0.002)
-        harness = Harness(tmp_path / "logs")
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        try:
-            run = harness.launch("run", str(job.config), "--progress", "none", env=env)
-            wait_for(lambda: len(job.busy_workers()) >= 2, 60, "two busy workers", run)
-            cluster.kill_scheduler()
-            result = run.wait(60)
-            assert_no_process_left(run.pgid)
-        finally:
-            harness.cleanup()
-        assert result.returncode == 1, result.stderr
-        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert any("lost the connection to the Dask scheduler" in line for line in errors)
-        assert "Traceback" not in result.stderr
-        report = json.loads((job.out / "report.json").read_text())
-        assert report["status"] == "failed" and report["tasks"]["pending"] > 0
-        second = start_cluster(tmp_path / "second")
-        try:
-            job.settings()
-            rerun = run_pipeline(job.config, args=("--set", f"execution.address={second.address}"))
-            assert rerun.rc == 0, rerun.stderr
-            assert_reference(job.out, reference())
-        finally:
-            second.stop()
+        result = interrupt(job, tmp_path, lambda _run: cluster.kill_scheduler())
     finally:
         cluster.stop()
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert any("lost the connection to the Dask scheduler" in line for line in errors)
+    report = json.loads((job.out / "report.json").read_text())
+    assert report["status"] == "failed" and report["tasks"]["pending"] > 0
+    second = start_cluster(tmp_path / "second")
+    try:
+        resume(job, "--set", f"execution.address={second.address}")
+    finally:
+        second.stop()
 
 
 def test_unreachable_scheduler_is_a_usage_error(tmp_path: Path) -> None:
