@@ -36,15 +36,14 @@ from pipeline.models import EACH_TASK_ANNOUNCED_UP_TO, Batch, JobSpec
 
 log = logging.getLogger(__name__)
 
-START_TOPIC = "pipeline-task-start"  # one topic for every run: the scheduler keeps each
+# One topic for every run (the scheduler keeps each topic's events): runs tell theirs apart.
+START_TOPIC = "pipeline-task-start"
 PLUGINS_DIR = "pipeline-plugins"  # under the worker's local directory
 ANNOUNCE_TIMEOUT_S = 10.0
-ZSTD_LEVEL = 1
-ZLIB_LEVEL = 1
-
-
 STARTED_FILE = "pipeline-started"  # in a local cluster's worker's folder
 STARTED_WIDTH = 256
+ZSTD_LEVEL = 1
+ZLIB_LEVEL = 1
 
 
 def announces_each_task(batch: Batch) -> bool:

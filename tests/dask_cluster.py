@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.test_worker_faults import session_processes
+
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0
 
@@ -53,18 +55,7 @@ def free_port() -> int:
 
 def session_pids(sid: int) -> list[int]:
     """Live processes of session ``sid``."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().decode("ascii", "replace").rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] not in ("Z", "X") and int(fields[3]) == sid:
-            pids.append(int(entry))
-    return pids
+    return [int(item.split()[1]) for item in session_processes(sid)]
 
 
 @dataclass

@@ -406,10 +406,10 @@ class _Loop:
             self.deliver(
                 self.schedule.retire(batch.batch_id, error_results(batch, "error", message))
             )
-        else:  # cancelled, and not by this loop
-            if not self.cluster.healthy():
+        else:  # lost (its worker died before the result was fetched), or cancelled
+            if status == "cancelled" and not self.cluster.healthy():
                 self.check()  # raises: the scheduler is gone
-            self.deliver(self.schedule.release(batch.batch_id))
+            self.deliver(self.schedule.release(batch.batch_id))  # not to blame: free
 
     def results_of(self, batch: Batch, value: Any) -> list[TaskResult]:
         """The batch's results from what its task returned, once its part file is written."""
