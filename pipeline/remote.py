@@ -9,7 +9,7 @@ unpickling it, imports this module and runs the batch. What comes back is bytes 
 
 A task announces its start to the client before it touches any input: on a remote
 cluster, an event the scheduler relays, sent and acknowledged before the batch starts;
-on a local cluster, a record written in the worker's own folder, which the client reads.
+on a local cluster, a record written in a folder of the client's, which it reads.
 A worker that dies right after is known to have been running that batch, which is
 charged an attempt, while batches only queued on it go round again for free.
 """
@@ -21,6 +21,7 @@ import gc
 import logging
 import os
 import pickle
+import re
 import shutil
 import socket
 import time
@@ -40,8 +41,7 @@ log = logging.getLogger(__name__)
 START_TOPIC = "pipeline-task-start"
 PLUGINS_DIR = "pipeline-plugins"  # under the worker's local directory
 ANNOUNCE_TIMEOUT_S = 10.0
-STARTED_FILE = "pipeline-started"  # in a local cluster's worker's folder
-STARTED_WIDTH = 256
+STARTED_WIDTH = 256  # a local worker's start record (``_announce_locally``)
 ZSTD_LEVEL = 1
 ZLIB_LEVEL = 1
 
@@ -108,19 +108,19 @@ def run_remote(
     batch: Batch,
     codecs: tuple[str, ...],
     client_version: str,
-    local: bool,
+    starts_dir: str | None,
 ) -> tuple[bytes, bytes | None]:
     """One batch on this worker: (pickled (BatchOutput without its part, TaskHeader),
     the part's records, compressed with the first of ``codecs`` this worker has).
-    ``local``: the client is on this machine and reads the starts from a file."""
+    ``starts_dir``: the client is on this machine and reads the starts from there."""
     dask_worker = get_worker()
     host = socket.gethostname()
     message = {"run": run, "key": key, "pid": os.getpid(), "host": host}
-    if local:
-        folder = dask_worker.local_directory
+    if starts_dir is not None:
+        path = start_file(starts_dir, dask_worker.address)
 
         def announce_start(message: dict[str, Any]) -> None:
-            _announce_locally(folder, message)
+            _announce_locally(path, message)
     else:
 
         def announce_start(message: dict[str, Any]) -> None:
@@ -173,22 +173,28 @@ def _announce(dask_worker: Any, message: dict[str, Any]) -> None:
         log.warning("cannot announce the start of %s: %s", message["key"], exc)
 
 
-def _announce_locally(folder: str, message: dict[str, Any]) -> None:
-    """The start, rewritten in place in this worker's own folder (a fixed-width record:
-    a reader never sees half of one), for a client on this machine to read when it needs
-    to: no message, no wait. Written before the task runs, it names it after a crash."""
+def start_file(folder: str, address: str) -> str:
+    """Where the worker at ``address`` writes its starts, in the client's folder."""
+    return os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]", "_", address))
+
+
+def _announce_locally(path: str, message: dict[str, Any]) -> None:
+    """The start, rewritten in place (a fixed-width record: a reader never sees half of
+    one), for a client on this machine to read when it needs to: no message, no wait.
+    Written before the task runs, it names it after a crash. The file is in a folder of
+    the client's, not the worker's (the nanny's next worker purges a dead one's folder)."""
     text = f"{message['run']} {message['key']} {message['task']} {message['pid']} {message['host']}"
-    fd = os.open(os.path.join(folder, STARTED_FILE), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         os.pwrite(fd, text.ljust(STARTED_WIDTH).encode("utf-8", "replace")[:STARTED_WIDTH], 0)
     finally:
         os.close(fd)
 
 
-def read_local_start(folder: str) -> dict[str, Any] | None:
+def read_local_start(path: str) -> dict[str, Any] | None:
     """The last start a local worker wrote (``_announce_locally``), or None."""
     try:
-        with open(os.path.join(folder, STARTED_FILE), "rb") as handle:
+        with open(path, "rb") as handle:
             fields = handle.read(STARTED_WIDTH).decode("utf-8", "replace").split()
     except OSError:
         return None

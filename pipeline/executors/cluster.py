@@ -61,7 +61,6 @@ class WorkerInfo:
     nthreads: int
     host: str
     nanny: str | None
-    local_directory: str | None = None
 
 
 class _Lost(Exception):
@@ -86,6 +85,10 @@ def quiet_dask_logs(debug: bool) -> None:
         logger.propagate = debug or not top
         # Children that dask's config gave a level of their own keep it unless reset.
         logger.setLevel(logging.INFO if top else logging.NOTSET)
+        if top and not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            # A logger with no handler that does not propagate falls back on logging's
+            # last resort, which prints warnings and tracebacks to stderr after all.
+            logger.addHandler(logging.NullHandler())
 
 
 def local_cluster_config(dashboard: str | None, start_method: str) -> dict[str, Any]:
@@ -283,7 +286,6 @@ class Cluster:
                 int(entry.get("nthreads") or 1),
                 host,
                 entry.get("nanny"),
-                entry.get("local_directory"),
             )
         return found
 

@@ -35,9 +35,12 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import os
 import pickle
 import queue
 import secrets
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -74,6 +77,7 @@ MAX_FREE_LOSSES = 3  # a batch lost this often with workers it had not started o
 BARREN_LOSSES_PER_WORKER = 3  # worker deaths in a row without a finished batch, per worker
 EVENT_ORDER = {"start": 0, "removed": 1}  # then the others, as they came (see with_waiting)
 WORKER_PRELOAD = ["distributed", "pipeline.remote"]  # all a local cluster's worker imports
+STARTS_PREFIX = "pipeline-starts-"  # a run's folder for its local workers' start records
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,28 @@ def remote_codecs(local: bool) -> tuple[str, ...]:
     return ("zstd", "zlib")
 
 
+def make_starts_dir() -> str:
+    """A folder of this run's for its local workers' start records, named by this process
+    (those of runs that a ``kill -9`` left behind are removed now)."""
+    root = tempfile.gettempdir()
+    with contextlib.suppress(OSError), os.scandir(root) as entries:
+        for entry in entries:
+            pid = entry.name.removeprefix(STARTS_PREFIX).split("-", 1)[0]
+            if entry.name.startswith(STARTS_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{STARTS_PREFIX}{os.getpid()}-", dir=root)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class DaskExecutor:
     def __init__(self, options: ExecutorOptions, dask: DaskOptions) -> None:
         self.options = options
@@ -106,6 +132,7 @@ class DaskExecutor:
         self._modules: bundles.Bundle | None = None
         self._cluster: Cluster | None = None
         self._busy = False  # tasks were left running: a local cluster is killed, not closed
+        self.starts_dir: str | None = None  # where a local cluster's workers write starts
 
     def prepare(self) -> None:
         """Collect the modules to ship (too many: a config error), and reach a remote
@@ -121,6 +148,7 @@ class DaskExecutor:
             if self.dask.address is None:  # its workers, forked from a server that imports
                 # dask on the other core while this process does the same (0.3 s each)
                 method = "forkserver" if start_forkserver(WORKER_PRELOAD) else "spawn"
+                self.starts_dir = make_starts_dir()
             from pipeline.executors.cluster import Cluster  # imports dask.distributed
 
             if self._modules is None:
@@ -172,6 +200,9 @@ class DaskExecutor:
             cluster, self._cluster = self._cluster, None
             cluster.uninstall(self.dask.plugin_name)
             cluster.close(busy=self._busy)
+        if self.starts_dir is not None:
+            shutil.rmtree(self.starts_dir, ignore_errors=True)
+            self.starts_dir = None
 
 
 @dataclass(eq=False)  # compared by identity: two attempts are never the same
@@ -212,8 +243,8 @@ class _Loop:
         self.cluster = cluster
         self.plugin = executor.dask.plugin_name
         self.job = dataclasses.replace(options.job, records_back=True, import_dirs=())
-        self.local = cluster.local is not None  # its workers write their starts in files
-        self.codecs = remote_codecs(self.local)
+        self.starts_dir = executor.starts_dir  # a local cluster's workers write starts there
+        self.codecs = remote_codecs(cluster.local is not None)
         self.schedule = Schedule(batches, window=1, retries=options.retries)
         self.on_outcome = on_outcome
         self.should_stop = should_stop
@@ -327,7 +358,7 @@ class _Loop:
                 batch,
                 self.codecs,
                 __version__,
-                self.local,
+                self.starts_dir,
             )
             payload = pickle.dumps(
                 remote.RemoteCall(remote.run_remote, args), protocol=pickle.HIGHEST_PROTOCOL
@@ -374,18 +405,16 @@ class _Loop:
         flight.task = task
 
     def observe(self, addresses: list[str] | None = None) -> None:
-        """A local cluster's workers write their starts in their own folders: read them
-        (for the workers that hold batches, or ``addresses``)."""
-        if not self.local:
+        """A local cluster's workers write their starts in files of ``starts_dir``: read
+        them (for the workers that hold batches, or ``addresses``)."""
+        if self.starts_dir is None:
             return
         if addresses is None:
             addresses = list({flight.worker for flight in self.flights.values()})
         for address in addresses:
-            info = self.workers.get(address) or self.gone.get(address)
-            if info is not None and info.local_directory:
-                message = self.remote.read_local_start(info.local_directory)
-                if message is not None:
-                    self.started(message)
+            message = self.remote.read_local_start(self.remote.start_file(self.starts_dir, address))
+            if message is not None:
+                self.started(message)
 
     def finish(self, key: str) -> None:
         flight = self.flights.get(key)

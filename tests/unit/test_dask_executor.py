@@ -6,8 +6,12 @@ fake records what the loop asks of the cluster, and the tests play the cluster's
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import pickle
 import queue
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +19,15 @@ import pytest
 
 from pipeline.errors import ExecutionError
 from pipeline.executors.base import ExecutorOptions, Outcome
-from pipeline.executors.cluster import WorkerInfo
-from pipeline.executors.dask import MAX_FREE_LOSSES, DaskExecutor, DaskOptions, _Loop
+from pipeline.executors.cluster import WorkerInfo, quiet_dask_logs
+from pipeline.executors.dask import (
+    MAX_FREE_LOSSES,
+    STARTS_PREFIX,
+    DaskExecutor,
+    DaskOptions,
+    _Loop,
+    make_starts_dir,
+)
 from pipeline.models import Batch, JobSpec, TaskResult, TaskSpec
 from pipeline.store import parts
 from pipeline.worker import BatchOutput
@@ -83,12 +94,10 @@ def make_loop(
     options = ExecutorOptions(job=job, workers=2, retries=retries, timeout=timeout, grace=5)
     executor = DaskExecutor(options, DaskOptions())
     cluster = FakeCluster()
-    if local:  # workers on this machine, each with a folder of its own
+    if local:  # workers on this machine, writing their starts into the client's folder
         cluster.local = object()
-        for address, info in list(cluster.current.items()):
-            folder = tmp_path / address.rsplit("/", 1)[1]
-            folder.mkdir()
-            cluster.current[address] = dataclasses.replace(info, local_directory=str(folder))
+        executor.starts_dir = str(tmp_path / "starts")
+        os.mkdir(executor.starts_dir)
     outcomes: list[Outcome] = []
     loop = _Loop(
         executor, cluster, iter(batches(n)), outcomes.append, lambda: False, lambda: False, None
@@ -324,18 +333,19 @@ def test_an_idle_worker_takes_a_batch_waiting_behind_another_at_the_end(
     assert on_w1[0] in loop.flights and on_w1[0] not in cluster.cancelled
 
 
-def test_a_local_workers_start_is_read_from_its_folder_and_names_the_culprit(
+def test_a_local_workers_start_is_read_from_a_file_and_names_the_culprit(
     tmp_path: Path,
 ) -> None:
-    """On a local cluster, a worker writes each start into a file of its own folder
+    """On a local cluster, a worker writes each start into a file of the client's folder
     (before the task runs); the client reads it every tick (timeouts) and when the worker
     dies (blame): no message to lose, none to wait for."""
     loop, cluster, outcomes = make_loop(tmp_path, retries=0, local=True)
     running, queued = [k for k, w in cluster.submitted.items() if w == "tcp://w0"]
-    folder = cluster.current["tcp://w0"].local_directory
+    assert loop.starts_dir is not None
+    path = loop.remote.start_file(loop.starts_dir, "tcp://w0")
     message = {"run": loop.token, "key": running, "task": 0, "pid": 4242, "host": "h"}
-    loop.remote._announce_locally(folder, message)
-    assert loop.remote.read_local_start(folder) == message
+    loop.remote._announce_locally(path, message)
+    assert loop.remote.read_local_start(path) == message
     assert not loop.check()  # a tick: the start is seen
     flight = loop.flights[running]
     assert flight.started is not None and flight.pid == 4242
@@ -348,3 +358,44 @@ def test_a_local_workers_start_is_read_from_its_folder_and_names_the_culprit(
     [outcome] = outcomes  # the running one, charged (retries: 0); the queued one: free
     assert outcome.results[0].error_kind == "crashed" and "pid 4242" in outcome.results[0].error
     assert loop.schedule.take() == (queued_batch, 1)
+
+
+def test_a_runs_folder_of_starts_is_its_own_and_a_dead_runs_is_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / f"{STARTS_PREFIX}999999999-x"  # no such pid
+    live = tmp_path / f"{STARTS_PREFIX}{os.getpid()}-y"
+    dead.mkdir()
+    live.mkdir()
+    mine = make_starts_dir()
+    assert os.path.basename(mine).startswith(f"{STARTS_PREFIX}{os.getpid()}-")
+    assert not dead.exists() and live.exists()
+
+
+@pytest.fixture
+def dask_loggers_restored() -> Iterator[None]:
+    names = ["distributed", "distributed.client", "asyncio", "tornado", "bokeh"]
+    saved = {
+        n: (lg.level, lg.propagate, list(lg.handlers))
+        for n in names
+        if (lg := logging.getLogger(n))
+    }
+    yield
+    for name, (level, propagate, handlers) in saved.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        logger.handlers[:] = handlers
+
+
+@pytest.mark.usefixtures("dask_loggers_restored")
+def test_dask_logs_reach_no_console_without_debug(capfd: pytest.CaptureFixture[str]) -> None:
+    """Not dask's own handlers, not ours, and not logging's last resort (which prints to
+    stderr for a logger that has no handler and does not propagate)."""
+    quiet_dask_logs(debug=False)
+    logging.getLogger("distributed.client").error("boom", exc_info=ValueError("x"))
+    logging.getLogger("asyncio").error("Task exception was never retrieved")
+    assert capfd.readouterr().err == ""
+    quiet_dask_logs(debug=True)
+    assert logging.getLogger("distributed").propagate  # --debug: through our handlers
