@@ -24,6 +24,7 @@ import pickle
 import re
 import shutil
 import socket
+import sys
 import time
 import zlib
 from typing import Any
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 START_TOPIC = "pipeline-task-start"
 PLUGINS_DIR = "pipeline-plugins"  # under the worker's local directory
 ANNOUNCE_TIMEOUT_S = 10.0
-STARTED_WIDTH = 256  # a local worker's start record (``_announce_locally``)
 ZSTD_LEVEL = 1
 ZLIB_LEVEL = 1
 
@@ -140,7 +140,8 @@ def run_remote(
             batch, "the config folder's modules are not installed on this Dask worker"
         )
     else:
-        bundle.forget_other_bundles(os.path.dirname(folder), folder)
+        if folder not in sys.path:  # a new bundle here: its job is compiled afresh
+            bundle.forget_other_bundles(os.path.dirname(folder), folder)
         job = dataclasses.replace(job, import_dirs=(folder,))
         announce = None
         if announces_each_task(batch):
@@ -179,26 +180,22 @@ def start_file(folder: str, address: str) -> str:
 
 
 def _announce_locally(path: str, message: dict[str, Any]) -> None:
-    """The start, rewritten in place (a fixed-width record: a reader never sees half of
-    one), for a client on this machine to read when it needs to: no message, no wait.
-    Written before the task runs, it names it after a crash. The file is in a folder of
-    the client's, not the worker's (the nanny's next worker purges a dead one's folder)."""
-    text = f"{message['run']} {message['key']} {message['task']} {message['pid']} {message['host']}"
+    """The start, as a Pool worker announces its own (``worker.write_announcement``), for
+    a client on this machine to read when it needs to: no message, no wait. Written before
+    the task runs, it names it after a crash. The file is in a folder of the client's, not
+    the worker's (the nanny's next worker purges a dead one's folder)."""
+    fields = (message[name] for name in ("run", "key", "task", "pid", "host"))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        os.pwrite(fd, text.ljust(STARTED_WIDTH).encode("utf-8", "replace")[:STARTED_WIDTH], 0)
+        worker.write_announcement(fd, fields)
     finally:
         os.close(fd)
 
 
 def read_local_start(path: str) -> dict[str, Any] | None:
     """The last start a local worker wrote (``_announce_locally``), or None."""
-    try:
-        with open(path, "rb") as handle:
-            fields = handle.read(STARTED_WIDTH).decode("utf-8", "replace").split()
-    except OSError:
-        return None
-    if len(fields) != 5 or not fields[2].isdigit() or not fields[3].isdigit():
+    fields = worker.read_announcement_fields(path)
+    if fields is None or len(fields) != 5 or not fields[2].isdigit() or not fields[3].isdigit():
         return None
     run, key, task, pid, host = fields
     return {"run": run, "key": key, "task": int(task), "pid": int(pid), "host": host}

@@ -287,41 +287,50 @@ def _failed(task: TaskSpec, message: str) -> TaskResult:
 
 
 _PROCESS: dict[str, Any] = {}
-ANNOUNCE_WIDTH = 80
+ANNOUNCE_WIDTH = 256
 
 
 def announcement_path(parts_dir: str, pid: int) -> str:
     return os.path.join(parts_dir, TMP_DIR, f"worker-{pid}")
 
 
+def write_announcement(fd: int, fields: Iterable[object]) -> None:
+    """A worker's announcement: one fixed-width record rewritten in place with ``pwrite``
+    (a reader never sees half of one), without any cross-process lock (a lock held by a
+    killed worker would never be released). A Pool worker's, and a local Dask worker's."""
+    text = " ".join(map(str, fields)).ljust(ANNOUNCE_WIDTH)
+    os.pwrite(fd, text.encode("utf-8", "replace")[:ANNOUNCE_WIDTH], 0)
+
+
+def read_announcement_fields(path: str) -> list[str] | None:
+    """The fields of the record at ``path`` (``write_announcement``), or None."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(ANNOUNCE_WIDTH).decode("utf-8", "replace").split()
+    except OSError:
+        return None
+
+
 class Announcer:
-    """Tells the supervisor which task this worker is running, and since when, without
-    any cross-process lock (a lock held by a killed worker would never be released):
-    one fixed-width record rewritten in place with ``pwrite`` at each task start and end."""
+    """Tells the supervisor which task this Pool worker is running, and since when: its
+    announcement (``write_announcement``) rewritten at each task start and end."""
 
     def __init__(self, parts_dir: str) -> None:
         path = announcement_path(parts_dir, os.getpid())
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         self.idle()
 
-    def _write(self, text: str) -> None:
-        os.pwrite(self._fd, text.ljust(ANNOUNCE_WIDTH).encode("ascii"), 0)
-
     def busy(self, task_id: str) -> None:
-        self._write(f"busy {task_id} {time.time():.3f}")
+        write_announcement(self._fd, ("busy", task_id, f"{time.time():.3f}"))
 
     def idle(self) -> None:
-        self._write("idle")
+        write_announcement(self._fd, ("idle",))
 
 
 def read_announcement(parts_dir: str, pid: int) -> tuple[str, float] | None:
     """(task id, start time) of the task ``pid`` is running, or None when idle/unknown."""
-    try:
-        with open(announcement_path(parts_dir, pid), "rb") as handle:
-            fields = handle.read(ANNOUNCE_WIDTH).decode("ascii", "replace").split()
-    except OSError:
-        return None
-    if len(fields) != 3 or fields[0] != "busy":
+    fields = read_announcement_fields(announcement_path(parts_dir, pid))
+    if fields is None or len(fields) != 3 or fields[0] != "busy":
         return None
     try:
         return fields[1], float(fields[2])
@@ -367,6 +376,9 @@ def job_key(job: JobSpec) -> bytes:
 def compiled(job: JobSpec) -> TaskRunner:
     """This process's compiled form of ``job``, built on first use (plugins imported,
     steps compiled) and kept for later batches; raises what compiling raised."""
+    last = _PROCESS.get("last")
+    if last is not None and last[0] is job:  # a Pool worker's every batch: no key to make
+        return last[1]
     cache: OrderedDict[bytes, TaskRunner | str] = _PROCESS.setdefault("compiled", OrderedDict())
     key = job_key(job)
     runner = cache.get(key)
@@ -382,6 +394,7 @@ def compiled(job: JobSpec) -> TaskRunner:
         cache.move_to_end(key)
     if isinstance(runner, str):
         raise WorkerStartError(runner)
+    _PROCESS["last"] = (job, runner)
     return runner
 
 

@@ -176,10 +176,6 @@ class DaskCluster:
                 time.sleep(0.2)
         pytest.fail(f"the Dask cluster did not get {n} workers in {timeout}s: {last}")
 
-    def worker_count(self) -> int:
-        with self.connect() as client:
-            return len(client.scheduler_info(n_workers=-1)["workers"])
-
     def kill_scheduler(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.procs[0].pid, signal.SIGKILL)

@@ -402,11 +402,6 @@ class Cluster:
     def healthy(self) -> bool:
         return self.client is not None and self.client.status == "running"
 
-    def describe(self) -> str:
-        if self.local is not None:
-            return f"dask (a local cluster of {self.n_local} worker processes)"
-        return f"dask (scheduler {self.address})"
-
     # --- the end -------------------------------------------------------------------------
 
     def close(self, busy: bool = False) -> None:

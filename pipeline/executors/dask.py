@@ -172,8 +172,6 @@ class DaskExecutor:
         return max(1, sum(w.nthreads for w in self._cluster.workers().values()))
 
     def describe(self) -> str:
-        if self._cluster is not None:
-            return self._cluster.describe()
         if self.dask.address is None:
             return f"dask (a local cluster of {self.options.workers} worker processes)"
         return f"dask (scheduler {self.dask.address})"
@@ -241,6 +239,7 @@ class _Loop:
         self.remote = remote
         self.options = options
         self.cluster = cluster
+        self.where = executor.describe()  # for messages
         self.plugin = executor.dask.plugin_name
         self.job = dataclasses.replace(options.job, records_back=True, import_dirs=())
         self.starts_dir = executor.starts_dir  # a local cluster's workers write starts there
@@ -298,7 +297,7 @@ class _Loop:
         """True: stop now, abandoning what runs. Raises when the scheduler is lost."""
         if not self.cluster.healthy():
             raise ExecutionError(
-                f"lost the connection to the Dask scheduler ({self.cluster.describe()}); "
+                f"lost the connection to the Dask scheduler ({self.where}); "
                 "the tasks not finished stay pending for the next run"
             )
         self.observe()
@@ -594,6 +593,6 @@ class _Loop:
             self.no_workers_since = now
         elif now - self.no_workers_since > NO_WORKERS_S and not self.schedule.finished():
             raise ExecutionError(
-                f"the Dask cluster ({self.cluster.describe()}) has had no worker for "
+                f"the Dask cluster ({self.where}) has had no worker for "
                 f"{NO_WORKERS_S:g}s; the tasks not finished stay pending for the next run"
             )

@@ -53,9 +53,6 @@ class FakeCluster:
     def healthy(self) -> bool:
         return self.alive
 
-    def describe(self) -> str:
-        return "fake"
-
     def workers(self) -> dict[str, WorkerInfo]:
         return dict(self.current)
 
