@@ -49,7 +49,7 @@ from pipeline.executors.shield import get_context, helpers_shielded
 from pipeline.live import LiveStats
 from pipeline.models import JobSpec, TaskResult, TaskSpec
 from pipeline.planfeed import PlanFeed
-from pipeline.planning import DASK_BATCHES, Batcher, Plan, Planner
+from pipeline.planning import Batcher, Plan, Planner
 from pipeline.reporting import Progress, choose_mode, summary_lines
 from pipeline.store import merge, parts
 from pipeline.store.atomic import make_dirs, remove_temp_files
@@ -247,12 +247,11 @@ class Run:
         remove_temp_files(self.out_dir)  # outputs a kill -9 interrupted mid-write
         # Planned tasks go straight into batches (spooled to a temporary file beside the
         # outputs): no list of every task is ever held.
-        dask = self.cfg.execution.executor == "dask"
         batcher = Batcher(
             configured.parallelism(),
             self.cfg.input.chunk_size,
             str(self.out_dir),
-            DASK_BATCHES if dask else None,  # None: the Pool's shape
+            configured.batch_shape,
         )
         ledger = Ledger(self.out_dir)
         feed: PlanFeed | None = None
@@ -279,7 +278,8 @@ class Run:
             executor = configured if kind == self.cfg.execution.executor else self._executor(kind)
             if kind == "process":
                 freeze_heap()
-            manager = self._start_manager() if kind in ("process", "dask") else None
+            # Worker processes (a pool's, a cluster's): the live view goes in a Manager.
+            manager = self._start_manager() if kind != "serial" else None
             progress = Progress(
                 choose_mode(self.options.progress, self.options.quiet), plan.n_run, plan.run_bytes
             )

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pipeline.models import Batch, JobSpec, TaskResult
+from pipeline.planning import BatchShape
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,9 @@ class Idle:
 
 class Executor(Protocol):
     options: ExecutorOptions
+    # How coarsely the plan's tasks are batched for this executor (None: the Pool's
+    # ``planning.POOL_BATCHES``).
+    batch_shape: BatchShape | None
 
     def prepare(self) -> None: ...
 

@@ -63,6 +63,7 @@ from pipeline.executors.base import (
 )
 from pipeline.executors.shield import start_forkserver
 from pipeline.models import Batch, TaskResult
+from pipeline.planning import DASK_BATCHES
 from pipeline.store.parts import part_writer
 
 if TYPE_CHECKING:
@@ -126,6 +127,8 @@ def _alive(pid: int) -> bool:
 
 
 class DaskExecutor:
+    batch_shape = DASK_BATCHES  # coarse: a Dask task costs milliseconds
+
     def __init__(self, options: ExecutorOptions, dask: DaskOptions) -> None:
         self.options = options
         self.dask = dask

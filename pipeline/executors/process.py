@@ -175,6 +175,8 @@ class PoolOptions:
 
 
 class ProcessExecutor:
+    batch_shape = None  # the Pool's (planning.POOL_BATCHES)
+
     def __init__(self, options: ExecutorOptions, pool: PoolOptions | None = None) -> None:
         self.options = options
         self.pool = pool or PoolOptions()

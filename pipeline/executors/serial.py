@@ -12,6 +12,8 @@ from pipeline.models import Batch
 
 
 class SerialExecutor:
+    batch_shape = None  # the Pool's (planning.POOL_BATCHES)
+
     def __init__(self, options: ExecutorOptions) -> None:
         self.options = options
 
