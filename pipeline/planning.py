@@ -8,6 +8,7 @@ tasks of new or changed files, and never invalidates results.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import marshal
 import os
@@ -334,6 +335,10 @@ DASK_BATCHES = BatchShape(
 )
 """A Dask task costs 2-8 ms of overhead (scheduler, events, fetching the result): each
 should carry a few hundred milliseconds of work (docs/dask-executor.md)."""
+
+DASK_RECORD_BATCHES = dataclasses.replace(DASK_BATCHES, big_chunks=DASK_BATCHES.chunks)
+"""When a job's records come back with its results, a batch's are in the client's memory
+at once: no more than a few chunks' worth, whatever the input."""
 
 
 def make_batches(

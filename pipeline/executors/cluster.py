@@ -16,6 +16,8 @@ process, which decides. Its workers end when this process does, even by ``kill -
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import importlib.util
 import logging
@@ -325,16 +327,22 @@ class Cluster:
         finally:
             future.release()
 
-    @staticmethod
-    def _fetch(future: distributed.Future) -> Any:
-        """The result; ``_Lost`` as soon as its worker is found gone (the client then
-        resets the future to wait for a rerun, which a pinned task never gets)."""
+    def _fetch(self, future: distributed.Future) -> Any:
+        """The result, fetched once (a result of tens of megabytes takes a while): polled,
+        never restarted — a ``Future.result(timeout)`` that times out cancels the transfer.
+        ``_Lost`` as soon as its worker is found gone (the client then resets the future
+        to wait for a rerun, which a pinned task never gets)."""
+        assert self.client is not None
+        fetching = asyncio.run_coroutine_threadsafe(
+            self.client.gather(future, asynchronous=True), self.client.loop.asyncio_loop
+        )
         deadline = time.monotonic() + CALL_TIMEOUT_S
         while True:
             try:
-                return future.result(timeout=FETCH_POLL_S)
-            except TimeoutError:
+                return fetching.result(timeout=FETCH_POLL_S)
+            except concurrent.futures.TimeoutError:
                 if future.status != "finished" or time.monotonic() > deadline:
+                    fetching.cancel()
                     raise _Lost from None
 
     def cancel(self, keys: list[str]) -> None:

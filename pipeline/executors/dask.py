@@ -63,7 +63,7 @@ from pipeline.executors.base import (
 )
 from pipeline.executors.shield import start_forkserver
 from pipeline.models import Batch, TaskResult
-from pipeline.planning import DASK_BATCHES
+from pipeline.planning import DASK_BATCHES, DASK_RECORD_BATCHES, BatchShape
 from pipeline.store.parts import part_writer
 
 if TYPE_CHECKING:
@@ -127,8 +127,6 @@ def _alive(pid: int) -> bool:
 
 
 class DaskExecutor:
-    batch_shape = DASK_BATCHES  # coarse: a Dask task costs milliseconds
-
     def __init__(self, options: ExecutorOptions, dask: DaskOptions) -> None:
         self.options = options
         self.dask = dask
@@ -136,6 +134,11 @@ class DaskExecutor:
         self._cluster: Cluster | None = None
         self._busy = False  # tasks were left running: a local cluster is killed, not closed
         self.starts_dir: str | None = None  # where a local cluster's workers write starts
+
+    @property
+    def batch_shape(self) -> BatchShape:
+        """Coarse (a Dask task costs milliseconds), less so when records come back."""
+        return DASK_RECORD_BATCHES if self.options.job.write_records else DASK_BATCHES
 
     def prepare(self) -> None:
         """Collect the modules to ship (too many: a config error), and reach a remote

@@ -396,3 +396,17 @@ def test_dask_logs_reach_no_console_without_debug(capfd: pytest.CaptureFixture[s
     assert capfd.readouterr().err == ""
     quiet_dask_logs(debug=True)
     assert logging.getLogger("distributed").propagate  # --debug: through our handlers
+
+
+def test_records_come_back_compressed_from_a_remote_cluster_only() -> None:
+    from pipeline import remote
+    from pipeline.executors.dask import remote_codecs
+
+    assert remote_codecs(local=True) == ()
+    codecs = remote_codecs(local=False)
+    assert codecs[-1] == "zlib"  # zstd first when this process can read it
+    part = b'{"ip":"10.0.0.1","path":"/index.html","status":200}\n' * 2000
+    codec, sent = remote._compress(part, codecs)
+    assert codec in codecs and sent is not None and len(sent) < len(part) // 10
+    assert remote.decompress(codec, sent) == part
+    assert remote._compress(part, ()) == (None, part)  # to this machine's own workers

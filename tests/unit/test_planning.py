@@ -16,6 +16,7 @@ from pipeline.digest import file_digest
 from pipeline.models import Batch, InputFile, TaskSpec
 from pipeline.planning import (
     DASK_BATCHES,
+    DASK_RECORD_BATCHES,
     REASONS,
     Batcher,
     Plan,
@@ -513,6 +514,15 @@ def test_dask_batches_group_a_big_files_ranges_and_small_files_coarsely() -> Non
     small = [b for b in batches if b.tasks[0].path != "/d/big.log"]
     assert all(b.nbytes <= 4 * 300 for b in small)
     assert len(small) < len(make_batches(p.run, workers=2, chunk_size=300)) - 10
+
+
+def test_dask_batches_of_a_job_that_writes_records_hold_four_chunks_at_most() -> None:
+    """Their records come back to the client at once: a batch stays a few chunks."""
+    tasks = [TaskSpec(f"r{i}", "/d/big.log", i * 300, 300, 30000, 1) for i in range(100)]
+    batches = make_batches(tasks, workers=2, chunk_size=300, shape=DASK_RECORD_BATCHES)
+    assert max(b.nbytes for b in batches) == 4 * 300
+    assert sorted(t.task_id for b in batches for t in b.tasks) == sorted(t.task_id for t in tasks)
+    assert len(batches[-1].tasks) == 1  # still shrinking to single ranges at the end
 
 
 def reference_batches(tasks: list[TaskSpec], workers: int, chunk_size: int) -> list[Batch]:
