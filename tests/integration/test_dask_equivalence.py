@@ -180,6 +180,42 @@ def test_progress_and_quiet_on_a_local_cluster(tmp_path: Path) -> None:
     assert result.stderr == ""
 
 
+def test_a_big_batch_of_records_comes_back_whole_with_bounded_memory(tmp_path: Path) -> None:
+    """One task whose records (some 70 MB) take longer to fetch than the loop's poll: the
+    fetch goes on (restarting it at each poll never finished and piled up gigabytes)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    line = "x" * 100
+    (data / "big.log").write_text("".join(f"{i:08d} {line}\n" for i in range(600_000)))
+    out = {}
+    for executor in ("serial", "dask"):
+        out[executor] = tmp_path / f"out-{executor}"
+        body = {
+            "input": {"paths": [str(data / "*.log")], "chunk_size": "64MiB"},
+            "output": {"dir": str(out[executor]), "records": "jsonl"},
+            "execution": {"executor": executor, "workers": 1},
+        }
+        config = write_config(tmp_path, body, name=f"{executor}.yaml")
+        code = (
+            "import resource, sys\n"
+            "from pipeline.cli import main\n"
+            "try:\n"
+            f"    main(['run', {str(config)!r}, '--progress', 'none', '--quiet'])\n"
+            "except SystemExit as stop:\n"
+            "    assert stop.code == 0, stop.code\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        peak_mib = int(done.stdout.split()[-1]) // 1024
+    records = (out["dask"] / "records.jsonl").read_bytes()
+    assert len(records) > 60_000_000
+    assert records == (out["serial"] / "records.jsonl").read_bytes()
+    assert peak_mib < 400, peak_mib  # the batch's records and a copy (restarted fetches: 615)
+
+
 def test_a_run_with_the_process_executor_never_imports_dask(tmp_path: Path) -> None:
     """The dask extra may be installed; a process (or serial) run must not pay for it."""
     config = portable_example("access-logs", tmp_path / "cfg", tmp_path / "out", workers=2)
