@@ -47,6 +47,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from pipeline.aggregates import KINDS as STAT_KINDS
+from pipeline.discovery import glob_problem
 from pipeline.errors import ConfigError
 from pipeline.units import parse_duration, parse_size
 from pipeline.yamlsafe import (
@@ -58,7 +60,6 @@ from pipeline.yamlsafe import (
 )
 
 STEP_NAMES = ("regex", "types", "filter", "select", "rename", "call")
-STAT_KINDS = ("count", "sum", "min", "max", "mean", "count_by", "top")
 FILTER_OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not_in", "contains", "matches")
 TYPE_NAMES = ("int", "float", "str", "bool")
 DEFAULT_CHUNK_SIZE = 8 * 1024**2
@@ -212,6 +213,10 @@ class InputConfig(_Model):
         patterns = _string_list(value, "glob patterns")
         if not patterns:
             _fail("needs at least one glob pattern")
+        for i, pattern in enumerate(patterns):
+            problem = glob_problem(pattern)
+            if problem is not None:
+                _fail(problem, i)
         return [_resolve(p, _base_dir(info)) for p in patterns]
 
     @field_validator("exclude", mode="before")
@@ -337,7 +342,7 @@ class StepItem(_Model):
 class StatSpec(_Model):
     """One entry of ``stats:``: exactly one aggregator, an optional ``where``."""
 
-    count: Literal[True] | None = None
+    count: Literal[True] | FieldName | None = None
     sum: FieldName | None = None
     min: FieldName | None = None
     max: FieldName | None = None
@@ -362,8 +367,8 @@ class StatSpec(_Model):
     @field_validator("count", mode="before")
     @classmethod
     def _count_true(cls, value: Any) -> Any:
-        if value is not None and value is not True:
-            _fail(f"write 'count: true', got {describe_value(value)}")
+        if value is not None and value is not True and not isinstance(value, str):
+            _fail(f"write 'count: true' or 'count: <field>', got {describe_value(value)}")
         return value
 
     @model_validator(mode="after")
@@ -384,11 +389,19 @@ class StatSpec(_Model):
     def spec(self) -> dict[str, Any]:
         """The normalised, plain-data form that workers and the merger use."""
         kind = self.kind
+        where = copy.deepcopy(self.where)
+        if kind == "count" and isinstance(self.count, str):
+            # count: field = records where the field is present and not null (SQL's
+            # COUNT(field)), said in the one condition language every path runs.
+            where = dict(where or {})
+            ops = dict(where.get(self.count, {}))
+            ops["not_in"] = [*ops.get("not_in", []), None]
+            where[self.count] = ops
         return {
             "kind": kind,
             "field": None if kind == "count" else getattr(self, kind),
             "k": self.k,
-            "where": copy.deepcopy(self.where),
+            "where": where,
         }
 
 

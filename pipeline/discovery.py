@@ -76,6 +76,19 @@ def _component_regex(component: str) -> str:
     return "".join(out)
 
 
+def glob_problem(pattern: str) -> str | None:
+    """What is wrong with a glob's syntax (a reversed range like ``[z-a]``), or None: for
+    ``validate`` to say before a run would trip on it."""
+    for part in pattern.split("/"):
+        if not glob.has_magic(part):
+            continue
+        try:
+            re.compile(_component_regex(part))
+        except re.error as exc:
+            return f"bad glob {pattern!r}: {exc.msg} in {part!r}"
+    return None
+
+
 def _pattern_regex(fixed: list[str], rest: list[str], norm_root: str) -> re.Pattern[str]:
     """The regex a normalised matching path fullmatches: the root, then the wildcard
     components (``**``: any number of folders not starting with a dot)."""
@@ -108,12 +121,15 @@ class _Tree:
     targets: set[int] = field(default_factory=set)  # what symlinks in them point at
 
 
-def _choose_folders(root: str, rest: list[str], skipped: list[SkippedInput]) -> _Tree:
+def _choose_folders(
+    root: str, rest: list[str], skipped: list[SkippedInput], left_out: frozenset[int]
+) -> _Tree:
     """First pass: which folders the walk lists. Each physical folder once (by device and
     inode), real folders before symlinked ones, depth first in name order; without ``**``
     only as deep as the pattern goes, into folders its components match. It also notes
     what the symlinks in those folders point at: with each folder listed once, a file
-    has two paths only if a symlink points at it or it has several hard links."""
+    has two paths only if a symlink points at it or it has several hard links. Folders in
+    ``left_out`` (by device and inode) are never entered, whatever path leads there."""
     tree = _Tree()
     recursive = "**" in rest
     components = [re.compile(_component_regex(part)) for part in rest]
@@ -125,7 +141,7 @@ def _choose_folders(root: str, rest: list[str], skipped: list[SkippedInput]) -> 
             identity = _identity(os.stat(folder))
         except OSError:
             continue
-        if identity in visited:
+        if identity in visited or identity in left_out:
             continue
         visited.add(identity)
         try:
@@ -206,13 +222,14 @@ def _first(item: tuple[Any, ...]) -> Any:
 
 
 def _pattern_matches(
-    pattern: str, skipped: list[SkippedInput], targets: set[int]
+    pattern: str, skipped: list[SkippedInput], targets: set[int], left_out: frozenset[int]
 ) -> Iterator[tuple[str, os.stat_result | OSError]]:
     """The normalised paths a pattern matches, in byte order, with their ``stat``.
     Symlinked folders are followed without going round a loop: each physical folder is
-    listed once. ``targets`` gathers what symlinks point at."""
+    listed once. ``targets`` gathers what symlinks point at. Nothing inside a folder of
+    ``left_out`` comes out."""
     if not glob.has_magic(pattern):
-        if os.path.lexists(pattern):
+        if os.path.lexists(pattern) and not _inside(os.path.dirname(pattern), left_out):
             yield _stated(os.path.normpath(pattern))
         return
     parts = pattern.split("/")
@@ -223,15 +240,43 @@ def _pattern_matches(
         fixed.append(part)
     rest = parts[len(fixed) :]
     root = "/" if fixed == [""] else "/".join(fixed) or "."
-    if not os.path.isdir(root):
+    if not os.path.isdir(root) or _inside(root, left_out):
         return  # like glob: a missing folder simply matches nothing
     norm_root = os.path.normpath(root)
     matcher = _pattern_regex(fixed, rest, norm_root)
-    tree = _choose_folders(root, rest, skipped)
+    tree = _choose_folders(root, rest, skipped, left_out)
     targets |= tree.targets
     if rest[-1] == "**" and fixed:
         yield _stated(norm_root)  # as glob: "d/**" has d
     yield from _sorted_matches(root, norm_root, tree.chosen, matcher)
+
+
+def _inside(folder: str, left_out: frozenset[int]) -> bool:
+    """Whether ``folder`` is one of ``left_out`` or lies below one (symlinks resolved)."""
+    if not left_out:
+        return False
+    current = os.path.realpath(folder or ".")
+    while True:
+        try:
+            if _identity(os.stat(current)) in left_out:
+                return True
+        except OSError:
+            pass
+        parent = os.path.dirname(current)
+        if parent == current:
+            return False
+        current = parent
+
+
+def _folder_identities(folders: Sequence[str]) -> frozenset[int]:
+    """The (device, inode) of each folder that exists now."""
+    found = set()
+    for folder in folders:
+        try:
+            found.add(_identity(os.stat(folder)))
+        except OSError:
+            continue
+    return frozenset(found)
 
 
 def _stated(path: str) -> tuple[str, os.stat_result | OSError]:
@@ -257,23 +302,34 @@ class Discovery:
     Memory holds the folders (and symlinks) of the tree, never a list of its files: a
     million inputs stream through planning like a thousand. With each folder listed once,
     a file has two paths only through a hard link, a symlink or a second pattern, so only
-    such files' (device, inode) are remembered, the first path in byte order winning."""
+    such files' (device, inode) are remembered, the first path in byte order winning.
+    Nothing in the folders ``left_out`` is ever found (the run's own output store), even
+    where a glob reaches into them; they are looked up when iteration starts, so a store
+    created after this object is still left out."""
 
-    def __init__(self, patterns: Sequence[str], exclude: Sequence[str] = ()) -> None:
+    def __init__(
+        self, patterns: Sequence[str], exclude: Sequence[str] = (), left_out: Sequence[str] = ()
+    ) -> None:
         self.patterns = list(patterns)
         self.exclude = list(exclude)
+        self.left_out = list(left_out)
         self.skipped: list[SkippedInput] = []
         self.unmatched: list[str] = []
 
     def __iter__(self) -> Iterator[InputFile]:
         targets: set[int] = set()
+        left_out = _folder_identities(self.left_out)
         streams: list[Iterator[tuple[str, os.stat_result | OSError]]] = []
         for pattern in self.patterns:
-            stream = _pattern_matches(pattern, self.skipped, targets)
+            stream = _pattern_matches(pattern, self.skipped, targets, left_out)
             first = next(stream, None)
             if first is not None:
                 streams.append(itertools.chain([first], stream))
-            elif glob.has_magic(pattern) and os.path.lexists(pattern):
+            elif (
+                glob.has_magic(pattern)
+                and os.path.lexists(pattern)
+                and not _inside(os.path.dirname(pattern), left_out)
+            ):
                 streams.append(iter([_stated(os.path.normpath(pattern))]))  # a literal name
             else:
                 self.unmatched.append(pattern)
@@ -303,9 +359,9 @@ class Discovery:
 
 
 def discover(
-    patterns: Sequence[str], exclude: Sequence[str] = ()
+    patterns: Sequence[str], exclude: Sequence[str] = (), left_out: Sequence[str] = ()
 ) -> tuple[list[InputFile], list[SkippedInput], list[str]]:
     """Expand ``patterns`` into files; returns (files, skipped, patterns that matched nothing)."""
-    found = Discovery(patterns, exclude)
+    found = Discovery(patterns, exclude, left_out)
     files = list(found)
     return files, found.skipped, found.unmatched

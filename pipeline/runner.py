@@ -28,6 +28,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.managers import SyncManager
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Any
 from pipeline import worker
 from pipeline.config import PipelineConfig
 from pipeline.discovery import Discovery
-from pipeline.errors import ExecutionError, ExitCode, StoreError
+from pipeline.errors import ConfigError, ExecutionError, ExitCode, StoreError
 from pipeline.executors import (
     DaskOptions,
     Executor,
@@ -146,8 +147,29 @@ def freeze_heap() -> None:
 
 
 def discover_inputs(cfg: PipelineConfig) -> Discovery:
-    """The inputs, found as they are iterated (``report_discovery`` afterwards)."""
-    return Discovery(cfg.input.paths, cfg.input.exclude)
+    """The inputs, found as they are iterated (``report_discovery`` afterwards). The output
+    store is never among them, whatever the globs say: a run must not read its own
+    ``records.jsonl`` back in."""
+    return Discovery(cfg.input.paths, cfg.input.exclude, left_out=(str(cfg.output.dir),))
+
+
+@contextlib.contextmanager
+def _store_lock(out_dir: Path) -> Iterator[RunLock]:
+    """The output folder, created if need be, with its lock held. A folder that cannot be
+    created or written is the config's problem (exit 2), found before anything is written."""
+    try:
+        make_dirs(out_dir)
+    except OSError as exc:
+        raise ConfigError(f"output.dir {out_dir}: cannot create it: {exc.strerror}") from None
+    lock = RunLock(out_dir)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise ConfigError(f"output.dir {out_dir}: cannot write there: {exc.strerror}") from None
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def report_discovery(found: Discovery) -> None:
@@ -213,8 +235,7 @@ class Run:
             # Before the store is touched: a remote cluster is reached and checked, the
             # plugin modules to ship are collected (either can fail with exit 2).
             executor.prepare()
-            make_dirs(self.out_dir)
-            with RunLock(self.out_dir), self.signals:
+            with _store_lock(self.out_dir), self.signals:
                 return self._locked(files, executor)
         finally:
             executor.close()

@@ -26,6 +26,7 @@ def part_writer(parts_dir: str, name: str) -> Iterator[BinaryIO]:
     tmp = os.path.join(parts_dir, TMP_DIR, f"{name}.{os.getpid()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        os.fchmod(fd, FILE_MODE)  # the umask must not make the store unreadable to others
         with open(fd, "wb", buffering=1 << 20) as handle:
             yield handle
             handle.flush()

@@ -182,11 +182,12 @@ def test_nothing_is_written_outside_output_dir(tmp_path: Path) -> None:
     assert sorted(got) == sorted(expected)  # every file once, however the globs reach it
 
 
-# --- file modes under umask 000 -------------------------------------------------------
+# --- file modes whatever the umask ----------------------------------------------------
 
 
-@pytest.mark.timeout(60)
-def test_nothing_created_is_world_writable_under_umask_000(tmp_path: Path) -> None:
+def _store_after_runs(tmp_path: Path, umask: int) -> list[Path]:
+    """Two runs under ``umask`` (the first creates everything, the second rewrites the
+    outputs); every path of the store and the folders the run created above it."""
     data = tmp_path / "data"
     data.mkdir()
     for i in range(3):
@@ -196,26 +197,45 @@ def test_nothing_created_is_world_writable_under_umask_000(tmp_path: Path) -> No
     cfg = make_config(tmp_path, [str(data / "*")], "store/nested/out")
     out = tmp_path / "store" / "nested" / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for _ in range(2):  # the first run creates everything, the second rewrites the outputs
+    for _ in range(2):
         proc = subprocess.run(
-            [sys.executable, "-m", "pipeline", "run", str(cfg)],
+            [sys.executable, "-m", "pipeline", "run", str(cfg), "--workers", "2"],
             cwd=tmp_path,
             env=env,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=T,
-            preexec_fn=lambda: os.umask(0),
+            preexec_fn=lambda: os.umask(umask),
             check=False,
         )
         assert proc.returncode == 1, proc.stderr  # broken.gz fails, the rest is done
         assert TRACEBACK not in proc.stderr, proc.stderr
-        entries = [out.parent.parent, out.parent, out, *out.rglob("*")]
-        assert len(entries) > 5
-        loose = [
-            f"{p} {stat.filemode(p.lstat().st_mode)}" for p in entries if p.lstat().st_mode & 0o002
-        ]
-        assert loose == [], loose
+    entries = [out.parent.parent, out.parent, out, *out.rglob("*")]
+    assert len(entries) > 5
+    assert any(p.parent.name == "parts" for p in entries)  # a part file is among them
+    assert (out / ".lock").exists()
+    return entries
+
+
+@pytest.mark.timeout(60)
+def test_nothing_created_is_world_writable_under_umask_000(tmp_path: Path) -> None:
+    entries = _store_after_runs(tmp_path, 0o000)
+    loose = [
+        f"{p} {stat.filemode(p.lstat().st_mode)}" for p in entries if p.lstat().st_mode & 0o002
+    ]
+    assert loose == [], loose
+
+
+@pytest.mark.timeout(60)
+def test_files_are_0644_and_folders_0755_under_umask_077(tmp_path: Path) -> None:
+    entries = _store_after_runs(tmp_path, 0o077)
+    wrong = [
+        f"{p} {stat.filemode(p.lstat().st_mode)}"
+        for p in entries
+        if stat.S_IMODE(p.lstat().st_mode) != (0o755 if p.is_dir() else 0o644)
+    ]
+    assert wrong == [], wrong
 
 
 # --- the Manager's authkey ------------------------------------------------------------

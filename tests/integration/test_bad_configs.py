@@ -83,6 +83,26 @@ CASES: dict[str, Case] = {
         lambda _: GOOD_HEAD + f"output:\n  dir: ${{{UNSET_VAR}}}/out\n",
         [r"job\.yaml:5:", r"output\.dir", UNSET_VAR],
     ),
+    "glob-syntax": Case(
+        lambda _: 'name: bad\ninput:\n  paths: ["data/*.log", "data/[z-a].log"]\n' + GOOD_TAIL,
+        [r"job\.yaml", r"input\.paths\[1\]", r"bad glob", r"\[z-a\]"],
+    ),
+    "count-not-a-field": Case(
+        lambda _: GOOD_HEAD + GOOD_TAIL + "stats:\n  n: {count: 3}\n",
+        [r"job\.yaml", r"stats\.n\.count", r"count: <field>"],
+    ),
+    # valid configs whose output folder cannot be made: found before anything is written
+    "output-dir-cannot-be-created": Case(
+        lambda _: GOOD_HEAD + "output:\n  dir: /proc/no-such-store\n",
+        [r"output\.dir /proc/no-such-store", r"cannot create"],
+    ),
+    "output-dir-under-a-file": Case(
+        lambda tmp: (
+            (tmp / "a-file").write_text("not a folder\n")
+            and GOOD_HEAD + "output:\n  dir: a-file/out\n"
+        ),
+        [r"output\.dir \S*a-file/out", r"cannot create", r"(?i)not a directory"],
+    ),
 }
 
 
@@ -133,6 +153,7 @@ def test_run_rejects_bad_config(tmp_path: Path, case_name: str) -> None:
         "python-tag",
         "alias-bomb",
         "missing-env-var",
+        "glob-syntax",
     ],
 )
 def test_validate_rejects_bad_config(tmp_path: Path, case_name: str) -> None:

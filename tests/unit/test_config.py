@@ -791,3 +791,55 @@ def test_loader_keeps_dates_and_equals_as_strings() -> None:
 def test_loader_multiple_documents_are_an_error() -> None:
     with pytest.raises(ConfigError, match=r"^x:2:1: expected a single document"):
         load_document("a: 1\n---\nb: 2\n", "x")
+
+
+# --- count: field ----------------------------------------------------------------------
+
+
+def test_count_of_a_field_counts_records_where_it_is_present_and_not_null(
+    tmp_path: Path,
+) -> None:
+    from pipeline import aggregates
+
+    cfg = load(
+        tmp_path,
+        """
+        input: {paths: ["*.jsonl"], format: jsonl}
+        stats:
+          all: {count: true}
+          with_a: {count: a}
+          positive_a: {count: a, where: {a: {">": 0}, b: {not_in: ["x"]}}}
+        output: {dir: out}
+        """,
+    )
+    specs = cfg.stat_specs()
+    assert specs["all"]["where"] is None
+    assert specs["with_a"]["where"] == {"a": {"not_in": [None]}}
+    assert specs["positive_a"]["where"] == {"a": {">": 0, "not_in": [None]}, "b": {"not_in": ["x"]}}
+    records = [{"a": 1}, {"a": None}, {"b": 2}, {"a": 0}, {"a": "s", "b": "x"}, {"a": 5, "b": "y"}]
+    aggs = aggregates.Aggregators(specs)
+    state = aggs.new_state()
+    for record in records:
+        aggs.add(state, record)
+    final = aggregates.finalize(specs, aggs.partials(state))
+    assert final == {"all": 6, "with_a": 4, "positive_a": 1}  # {"a": 1} lacks b
+    # the column route (the fast path) counts the same
+    columns = {"a": [1, None, None, 0], "b": [None, 2, None, "x"]}
+    state = aggs.new_state()
+    aggs.add_columns(state, columns, 4)
+    assert aggregates.finalize(specs, aggs.partials(state)) == {
+        "all": 4,
+        "with_a": 2,
+        "positive_a": 1,
+    }
+
+
+def test_count_true_keeps_its_result_key(tmp_path: Path) -> None:
+    text = """
+        input: {paths: ["*.log"]}
+        stats: {n: {count: true}}
+        output: {dir: out}
+        """
+    assert load(tmp_path, text).stat_specs() == {
+        "n": {"kind": "count", "field": None, "k": None, "where": None}
+    }

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.discovery import Discovery, discover, path_sort_key
+from pipeline.discovery import Discovery, discover, glob_problem, path_sort_key
 from pipeline.models import InputFile
 
 
@@ -476,3 +476,63 @@ def test_compression_is_detected_from_the_suffix(
     touch(tmp_path / name)
     (found,), _, _ = discover([str(tmp_path / "*")])
     assert found.compression == expected
+
+
+# --- the output store is never an input ------------------------------------------------
+
+
+def test_a_left_out_folder_is_never_entered_by_a_recursive_glob(tmp_path: Path) -> None:
+    keep = touch(tmp_path / "in" / "a.jsonl")
+    touch(tmp_path / "out" / "records.jsonl")
+    touch(tmp_path / "out" / "parts" / "p.jsonl")
+    files, _, unmatched = discover(
+        [str(tmp_path / "**" / "*.jsonl")], left_out=[str(tmp_path / "out")]
+    )
+    assert paths(files) == [keep]
+    assert unmatched == []
+
+
+def test_a_glob_rooted_inside_the_left_out_folder_finds_nothing(tmp_path: Path) -> None:
+    touch(tmp_path / "out" / "records.jsonl")
+    touch(tmp_path / "out" / "sub" / "x.jsonl")
+    out = str(tmp_path / "out")
+    for pattern in ("out/*.jsonl", "out/**/*.jsonl", "out/records.jsonl", "out/sub/*"):
+        files, _, unmatched = discover([str(tmp_path / pattern)], left_out=[out])
+        assert (paths(files), unmatched) == ([], [str(tmp_path / pattern)]), pattern
+
+
+def test_a_symlink_into_the_left_out_folder_does_not_lead_in(tmp_path: Path) -> None:
+    keep = touch(tmp_path / "in" / "a.jsonl")
+    touch(tmp_path / "store" / "out" / "records.jsonl")
+    (tmp_path / "in" / "link").symlink_to(tmp_path / "store" / "out")
+    (tmp_path / "in" / "file-link.jsonl").symlink_to(tmp_path / "store" / "out" / "records.jsonl")
+    out = str(tmp_path / "store" / "out")
+    files, _, _ = discover([str(tmp_path / "in" / "**" / "*.jsonl")], left_out=[out])
+    # the file symlink is a file of "in": only the folder and what is below it are left out
+    assert paths(files) == [keep, str(tmp_path / "in" / "file-link.jsonl")]
+    files, _, _ = discover([str(tmp_path / "in" / "link" / "*.jsonl")], left_out=[out])
+    assert paths(files) == []
+
+
+def test_a_left_out_folder_that_does_not_exist_yet_changes_nothing(tmp_path: Path) -> None:
+    keep = touch(tmp_path / "in" / "a.jsonl")
+    files, _, _ = discover([str(tmp_path / "**" / "*.jsonl")], left_out=[str(tmp_path / "out")])
+    assert paths(files) == [keep]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        ("logs/[z-a].log", "bad character range z-a"),
+        ("logs/**/[9-0]*.gz", "bad character range 9-0"),
+        ("logs/*.log", None),
+        ("logs/[!a-z]x.log", None),
+        ("logs/[z-a]/plain-name.log", "bad character range z-a"),
+    ],
+)
+def test_glob_problem_names_a_bad_range(pattern: str, problem: str | None) -> None:
+    found = glob_problem(pattern)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found and repr(pattern) in found
