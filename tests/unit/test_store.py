@@ -20,6 +20,7 @@ import pytest
 from pipeline import aggregates
 from pipeline.errors import ExitCode, LockHeldError, StoreError
 from pipeline.models import TaskResult, TaskSpec
+from pipeline.store import lock as lock_module
 from pipeline.store import merge, parts
 from pipeline.store.atomic import (
     TMP_PREFIX,
@@ -28,7 +29,7 @@ from pipeline.store.atomic import (
     remove_temp_files,
 )
 from pipeline.store.ledger import LEDGER_NAME, Ledger, TaskRow
-from pipeline.store.lock import LOCK_NAME, RunLock
+from pipeline.store.lock import LOCK_NAME, RunLock, lock_holder
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -832,6 +833,44 @@ def test_lock_of_a_killed_holder_is_free(tmp_path: Path, holder) -> None:
     lock = RunLock(tmp_path)
     lock.acquire()  # no stale lock after kill -9
     lock.release()
+
+
+def test_lock_holder_names_the_live_holder_only(
+    tmp_path: Path, holder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert lock_holder(tmp_path / "no-store") is None
+    found = lock_holder(tmp_path)
+    assert found is not None and found.pid == holder.pid and "testhost" in found.text
+    # without /proc/locks it probes the lock, and still sees the holder
+    monkeypatch.setattr(lock_module, "_held_per_proc", lambda _info: None)
+    assert lock_holder(tmp_path) == found
+    monkeypatch.undo()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(10)
+    assert (tmp_path / LOCK_NAME).read_text().startswith(f"pid {holder.pid}")  # stale text
+    assert lock_holder(tmp_path) is None
+    with RunLock(tmp_path):
+        mine = lock_holder(tmp_path)
+        assert mine is not None and mine.pid == os.getpid()
+    assert lock_holder(tmp_path) is None
+
+
+def test_a_probe_of_the_lock_does_not_turn_a_starting_run_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader without /proc/locks takes the lock for a moment: the run retries."""
+    real_flock = lock_module.fcntl.flock
+    refusals = []
+
+    def busy_once(fd: int, operation: int) -> None:
+        if operation & lock_module.fcntl.LOCK_EX and not refusals:
+            refusals.append(fd)
+            raise BlockingIOError("a probe holds it")
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(lock_module.fcntl, "flock", busy_once)
+    with RunLock(tmp_path):
+        assert len(refusals) == 1
 
 
 def test_lock_file_is_never_deleted(tmp_path: Path) -> None:
