@@ -593,6 +593,8 @@ def incremental(data: Dataset, workers: int, repeat: int, timeout: float) -> lis
 
 
 PYDANTIC_FIRST_MODEL = "import pydantic\nclass M(pydantic.BaseModel):\n    x: int = 0\n"
+# What the CLI costs before a command runs: typer imported and the command tree built.
+CLI_BUILT = "import typer\nimport pipeline.cli\ntyper.main.get_command(pipeline.cli.app)\n"
 
 
 def _one_file_impls(job: str, seed: int, workers: int) -> tuple[Impl, Impl]:
@@ -609,8 +611,9 @@ def fixed_costs(
 ) -> list[str]:
     """What a run costs before its first file, against raw Pool's script: both on jobs C
     and D with one file, alternating with the interpreter alone, pydantic alone (its
-    import and first model, which builds its schema machinery) and the pipeline's
-    imports. With the job's full result, each side's cost per further file follows."""
+    import and first model, which builds its schema machinery), the pipeline's imports
+    and the CLI layer (typer and its app; ``pipeline --version``). With the job's full
+    result, each side's cost per further file follows."""
 
     def code(text: str) -> Callable[[Path], list[str]]:
         return lambda _run_dir: [PY, "-c", text]
@@ -619,6 +622,14 @@ def fixed_costs(
         Impl("the interpreter (`python -c pass`)", "native", 1, code("pass"), None),
         Impl("pydantic: import, first model", "native", 1, code(PYDANTIC_FIRST_MODEL), None),
         Impl("the pipeline's imports", "native", 1, code("import pipeline.runner"), None),
+        Impl("the CLI: typer and its app, built", "native", 1, code(CLI_BUILT), None),
+        Impl(
+            "the CLI: `pipeline --version`",
+            "native",
+            1,
+            lambda _run_dir: [PY, "-m", "pipeline", "--version"],
+            None,
+        ),
     ]
     jobs = {r.data.job: r for r in results if r.data.job in "CD"}
     pairs = {job: _one_file_impls(job, seed, workers) for job in jobs}
@@ -649,6 +660,9 @@ def fixed_costs(
         "",
         f"- pydantic alone takes {wall[start[1].name] - wall[start[0].name]:.3f} s over the "
         "bare interpreter.",
+        f"- The CLI layer (typer, the app built) takes "
+        f"{wall[start[3].name] - wall[start[0].name]:.3f} s over the bare interpreter; "
+        f"`pipeline --version` {wall[start[4].name] - wall[start[0].name]:.3f} s.",
     ]
     for job, (pipe, raw) in pairs.items():
         fixed_pipe, fixed_raw = (

@@ -1,63 +1,84 @@
-"""The command line: argparse commands, logging set-up, and the one place where errors
-become exit codes. No multiprocessing here.
+"""The command line (typer): its commands, and the one place where errors become exit codes.
+No multiprocessing here.
 
-argparse (the standard library's) rather than a CLI framework: ``pipeline`` is started by
-cron again and again, often for little work, and a framework's import and set-up cost
-(about 0.1 s measured for typer) is paid by every run.
+``pipeline`` is started by cron again and again, often for little work, so this module
+imports only typer at its top: the config (pydantic, YAML), the runner and the store are
+imported by the command that needs them, and rich is never used (``rich_markup_mode=None``,
+plain exceptions). Usage errors are one ``error:`` line, like every other error.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from pipeline import __version__
-from pipeline.errors import ExitCode, PipelineError
+from pipeline.console import setup_logging
+from pipeline.errors import EXIT_CODE_MEANINGS, ExitCode, PipelineError
 
 log = logging.getLogger("pipeline")
 
-PROGRESS_MODES = ("auto", "bar", "log", "none")
+PROG = "pipeline"
+# The exit codes a command other than `run` can end with (run's help lists them all).
+READ_ONLY_EXITS = ("0", "2", "70")
 
 
-class _ConsoleFormat(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = record.getMessage()
-        if record.exc_info:  # only logged with --debug
-            text = f"{text}\n{self.formatException(record.exc_info)}"
-        if record.levelno >= logging.ERROR:
-            return f"error: {text}"
-        if record.levelno >= logging.WARNING:
-            return f"warning: {text}"
-        return text
+class ProgressMode(str, Enum):
+    """``--progress``: auto is bars on a terminal, else log lines."""
+
+    auto = "auto"
+    bar = "bar"
+    log = "log"
+    none = "none"
 
 
-def setup_logging(
-    *, quiet: bool = False, debug: bool = False, log_file: Path | None = None
-) -> None:
-    """Console on stderr (plain lines; warnings and errors only with --quiet) and an
-    optional log file with timestamps."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(_ConsoleFormat())
-    console.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
-    root.addHandler(console)
-    if log_file is not None:
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
-        file_handler.setFormatter(
-            logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-        )
-        file_handler.setLevel(logging.DEBUG if debug else logging.INFO)
-        root.addHandler(file_handler)
-    root.setLevel(logging.DEBUG)
+def _epilog(examples: Sequence[str], codes: Sequence[str] | None = None) -> str:
+    """Examples and exit codes under a command's help (``\\b``: keep these lines as they are)."""
+    meanings = [(c, m) for c, m in EXIT_CODE_MEANINGS if codes is None or c in codes]
+    return "\n".join(
+        [
+            "Examples:",
+            "",
+            "\b",
+            *(f"  {example}" for example in examples),
+            "",
+            "Exit codes:",
+            "",
+            "\b",
+            *(f"  {code:<8} {meaning}" for code, meaning in meanings),
+        ]
+    )
+
+
+app = typer.Typer(
+    name=PROG,
+    epilog=_epilog(
+        [
+            "pipeline run configs/access-logs.yaml",
+            "pipeline report configs/access-logs.yaml --tasks",
+        ]
+    ),
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="The job's YAML config file.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", metavar="KEY=VALUE", help="Override a config key: dotted.key=value (repeatable)."
+    ),
+]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Tracebacks and worker details.")]
 
 
 def _fail(exc: BaseException, debug: bool) -> int:
@@ -71,64 +92,130 @@ def _fail(exc: BaseException, debug: bool) -> int:
         log.error("interrupted")
         return int(ExitCode.SIGINT)
     log.error(
-        "internal error: %s: %s (run with --debug for the traceback)", type(exc).__name__, exc
+        "internal error: %s: %s (a bug: please report it; --debug shows the traceback)",
+        type(exc).__name__,
+        exc,
     )
     if debug:
         log.error("traceback", exc_info=exc)
-    return int(ExitCode.TASKS_FAILED)
+    return int(ExitCode.INTERNAL)
 
 
-def _load(config: Path, overrides: list[str]) -> Any:
+def _guarded(body: Callable[[], int], debug: bool = False) -> int:
+    """``body()``'s exit code; any error becomes its exit code and a plain message."""
+    try:
+        return body()
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        return _fail(exc, debug)
+
+
+def _load(config: Path, overrides: Sequence[str] | None) -> Any:
     from pipeline.config import load_config
 
-    return load_config(config, overrides)
+    return load_config(config, list(overrides or ()))
 
 
-def run(args: argparse.Namespace) -> int:
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"{PROG} {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Batch file processing from one YAML file: read, transform, count, store."""
+
+
+@app.command(
+    epilog=_epilog(
+        [
+            "pipeline run configs/access-logs.yaml",
+            "pipeline run job.yaml --workers 4 --set execution.retries=1 --log-file run.log",
+            "pipeline run job.yaml --full --progress log",
+        ]
+    )
+)
+def run(
+    config: ConfigArg,
+    overrides: SetOption = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="Worker processes.")
+    ] = None,
+    full: Annotated[bool, typer.Option("--full", help="Ignore earlier results.")] = False,
+    progress: Annotated[
+        ProgressMode,
+        typer.Option(help="auto: bars on a terminal, else log lines."),
+    ] = ProgressMode.auto,
+    log_file: Annotated[
+        Path | None, typer.Option("--log-file", metavar="FILE", help="Also log here.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
+    debug: DebugOption = False,
+) -> int:
     """Run the job."""
-    setup_logging(quiet=args.quiet, debug=args.debug, log_file=args.log_file)
-    overrides = list(args.set)
-    if args.workers is not None:
-        overrides.append(f"execution.workers={args.workers}")
-    try:
+
+    def body() -> int:
+        setup_logging(quiet=quiet, debug=debug, log_file=log_file)
         from pipeline.runner import RunOptions
         from pipeline.runner import run as run_job
 
-        cfg = _load(args.config, overrides)
-        options = RunOptions(
-            full=args.full, progress=args.progress, quiet=args.quiet, debug=args.debug
-        )
+        settings = list(overrides or ())
+        if workers is not None:
+            settings.append(f"execution.workers={workers}")
+        cfg = _load(config, settings)
+        options = RunOptions(full=full, progress=progress.value, quiet=quiet, debug=debug)
         return run_job(cfg, options).exit_code
-    except BaseException as exc:
-        if isinstance(exc, SystemExit):
-            raise
-        return _fail(exc, args.debug)
+
+    return _guarded(body, debug)
 
 
-def validate(args: argparse.Namespace) -> int:
+@app.command(
+    epilog=_epilog(
+        ["pipeline validate job.yaml", "pipeline validate job.yaml --set input.format=jsonl"],
+        READ_ONLY_EXITS,
+    )
+)
+def validate(config: ConfigArg, overrides: SetOption = None, debug: DebugOption = False) -> int:
     """Load and validate the config (plugins are imported); print it resolved."""
-    setup_logging()
-    try:
+    setup_logging(debug=debug)
+
+    def body() -> int:
         import yaml
 
-        cfg = _load(args.config, args.set)
-    except BaseException as exc:
-        return _fail(exc, False)
-    sys.stdout.write(yaml.safe_dump(cfg.resolved_dict(), sort_keys=False, allow_unicode=True))
-    log.info("%s: valid", args.config)
-    return 0
+        cfg = _load(config, overrides)
+        sys.stdout.write(yaml.safe_dump(cfg.resolved_dict(), sort_keys=False, allow_unicode=True))
+        log.info("%s: valid", config)
+        return 0
+
+    return _guarded(body, debug)
 
 
-def plan(args: argparse.Namespace) -> int:
+@app.command(
+    epilog=_epilog(
+        ["pipeline plan job.yaml", "pipeline plan job.yaml --set input.chunk_size=1MiB"],
+        READ_ONLY_EXITS,
+    )
+)
+def plan(config: ConfigArg, overrides: SetOption = None, debug: DebugOption = False) -> int:
     """List the tasks a run would execute and the work it would skip, with reasons (in
     path order, as planning goes: nothing is held per file)."""
-    setup_logging()
-    try:
+    setup_logging(debug=debug)
+
+    def body() -> int:
         from pipeline.planning import Plan, join_rows
         from pipeline.runner import discover_inputs, plan_line, planner_for, report_discovery
         from pipeline.store.ledger import LEDGER_NAME, Ledger
 
-        cfg = _load(args.config, args.set)
+        cfg = _load(config, overrides)
         files = discover_inputs(cfg)
         ledger = None
         if (cfg.output.dir / LEDGER_NAME).exists():
@@ -146,127 +233,213 @@ def plan(args: argparse.Namespace) -> int:
             if ledger is not None:
                 ledger.close()
         report_discovery(files)
-    except BaseException as exc:
-        return _fail(exc, False)
-    counts = ", ".join(f"{n} {r}" for r, n in sorted(the_plan.reasons().items()))
-    log.info(
-        "%d task(s) would run, %d skipped (%s)",
-        the_plan.n_run,
-        the_plan.n_skip,
-        counts or "no input",
-    )
-    return 0
-
-
-def report(args: argparse.Namespace) -> int:
-    """Summary of the last run and the run history, from the output store."""
-    setup_logging()
-    try:
-        from pipeline.store.ledger import LEDGER_NAME, Ledger
-
-        cfg = _load(args.config, args.set)
-        if not (cfg.output.dir / LEDGER_NAME).exists():
-            log.error("%s: no output store yet (run the job first)", cfg.output.dir)
-            return int(ExitCode.USAGE)
-        ledger = Ledger(cfg.output.dir, readonly=True)
-        try:
-            runs = ledger.runs()
-        finally:
-            ledger.close()
-    except BaseException as exc:
-        return _fail(exc, False)
-    last = next((r for r in runs if r["report"]), None)
-    if args.json:
-        sys.stdout.write(json.dumps(last["report"] if last else None, indent=2) + "\n")
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(the_plan.reasons().items()))
+        log.info(
+            "%d task(s) would run, %d skipped (%s)",
+            the_plan.n_run,
+            the_plan.n_skip,
+            counts or "no input",
+        )
         return 0
-    if last:
-        rep = last["report"]
-        t = rep["tasks"]
-        sys.stdout.write(
-            f"last run #{last['run_id']}: {rep['status']} (exit {rep['exit_code']}) at "
-            f"{rep['finished']}, {rep['run']['duration_s']}s; tasks {t['done']} done, "
-            f"{t['failed']} failed, {t['skipped']} skipped, {t['pending']} pending\n"
-        )
-        for failure in rep["failures"]:
-            sys.stdout.write(
-                f"  failed: {failure['error']} ({failure['kind']}, "
-                f"{failure['attempts']} attempts)\n"
-            )
-    sys.stdout.write("history:\n")
-    for entry in runs:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["started"]))
-        sys.stdout.write(
-            f"  #{entry['run_id']:<5} {when}  {entry['status']:<11} exit {entry['exit_code']}\n"
-        )
+
+    return _guarded(body, debug)
 
 
-def version(args: argparse.Namespace) -> int:
-    """Print the version."""
-    sys.stdout.write(f"pipeline {__version__}\n")
+@app.command(
+    epilog=_epilog(
+        [
+            "pipeline report job.yaml",
+            "pipeline report job.yaml --json",
+            "pipeline report job.yaml --tasks",
+            "pipeline report job.yaml --slowest 10",
+        ],
+        READ_ONLY_EXITS,
+    )
+)
+def report(
+    config: ConfigArg,
+    overrides: SetOption = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the last run's report.json (with --tasks: the job log)."
+        ),
+    ] = False,
+    tasks: Annotated[
+        bool,
+        typer.Option(
+            "--tasks",
+            help="The job log: every task's status, attempts, duration, records, range, path.",
+        ),
+    ] = False,
+    slowest: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="The job log of the N slowest tasks.")
+    ] = None,
+    debug: DebugOption = False,
+) -> int:
+    """Summary of the last run and the run history, from the output store; a run killed
+    mid-way shows as died, a run going on now with its pid."""
+    setup_logging(debug=debug)
+
+    def body() -> int:
+        from pipeline.store.ledger import LEDGER_NAME
+
+        cfg = _load(config, overrides)
+        out_dir = cfg.output.dir
+        if not (out_dir / LEDGER_NAME).exists():
+            log.error("%s: no output store yet (run the job first)", out_dir)
+            return int(ExitCode.USAGE)
+        if tasks or slowest is not None:
+            _write_job_log(out_dir, as_json, slowest)
+            return 0
+        return _write_summary(out_dir, as_json)
+
+    return _guarded(body, debug)
+
+
+def _write_job_log(out_dir: Path, as_json: bool, slowest: int | None) -> None:
+    import json
+
+    from pipeline import storeview
+    from pipeline.store.ledger import Ledger
+
+    ledger = Ledger(out_dir, readonly=True)
+    try:
+        lines = map(storeview.task_line, ledger.tasks())
+        shown = storeview.slowest(lines, slowest) if slowest is not None else list(lines)
+    finally:
+        ledger.close()
+    if as_json:
+        sys.stdout.write(json.dumps([t.as_json() for t in shown], indent=2) + "\n")
+    else:
+        sys.stdout.write("".join(line + "\n" for line in storeview.job_log_lines(shown)))
+
+
+def _write_summary(out_dir: Path, as_json: bool) -> int:
+    import json
+
+    from pipeline import storeview
+    from pipeline.store.ledger import Ledger
+    from pipeline.store.lock import lock_holder
+
+    ledger = Ledger(out_dir, readonly=True)
+    try:
+        runs = ledger.runs()
+    finally:
+        ledger.close()
+    if not runs:
+        log.error("%s: no run recorded yet (run the job first)", out_dir)
+        return int(ExitCode.USAGE)
+    holder = lock_holder(out_dir)
+    statuses = [
+        storeview.run_status(entry, newest=i == 0, holder=holder) for i, entry in enumerate(runs)
+    ]
+    newest = runs[0]
+    last = next((entry for entry in runs if entry["report"]), None)
+    if as_json:
+        shown = (
+            newest["report"]
+            if newest["report"]
+            else storeview.unfinished_json(newest, statuses[0], holder)
+        )
+        sys.stdout.write(json.dumps(shown, indent=2) + "\n")
+        return 0
+    out: list[str] = []
+    if not newest["report"]:
+        out.append(storeview.unfinished_line(newest, statuses[0], holder))
+    if last is not None:
+        label = "last run" if last is newest else "last finished run"
+        out += storeview.last_run_lines(last, label)
+    out.append("history:")
+    out += [storeview.history_line(e, s) for e, s in zip(runs, statuses, strict=True)]
+    sys.stdout.write("".join(line + "\n" for line in out))
     return 0
 
 
-def _workers(text: str) -> int:
+@app.command(
+    epilog=_epilog(
+        [
+            "pipeline status job.yaml",
+            "pipeline status job.yaml --watch",
+            "pipeline status job.yaml --json",
+        ],
+        ("0", "2", "70", "130/143"),
+    )
+)
+def status(
+    config: ConfigArg,
+    overrides: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print it as JSON.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Keep showing it until the run ends (Ctrl-C stops).")
+    ] = False,
+    debug: DebugOption = False,
+) -> int:
+    """The live view of the run going on now (from its Manager dict), else the last run."""
+    setup_logging(debug=debug)
+
+    def body() -> int:
+        from pipeline.status import show
+
+        cfg = _load(config, overrides)
+        return show(cfg, as_json=as_json, watch=watch)
+
+    return _guarded(body, debug)
+
+
+@app.command(
+    epilog=_epilog(
+        ["pipeline schema > pipeline.schema.json"],
+        ("0", "70"),
+    )
+)
+def schema() -> int:
+    """Print the JSON Schema of the config, for editors (yaml-language-server) and CI."""
+    setup_logging()
+
+    def body() -> int:
+        import json
+
+        from pipeline.config import PipelineConfig
+
+        sys.stdout.write(json.dumps(PipelineConfig.model_json_schema(), indent=2) + "\n")
+        return 0
+
+    return _guarded(body)
+
+
+@app.command(epilog=_epilog(["pipeline version", "pipeline --version"], ("0",)))
+def version() -> int:
+    """Print the version."""
+    sys.stdout.write(f"{PROG} {__version__}\n")
+    return 0
+
+
+def _usage_error(exc: typer.TyperException) -> int:
+    """A command line that does not parse: one line, naming where to look for help."""
+    context = getattr(exc, "ctx", None)
+    where = f" (see '{context.command_path} --help')" if context is not None else ""
+    message = exc.format_message().strip().replace("\n", " ")
+    sys.stderr.write(f"error: {message}{where}\n")
+    return int(exc.exit_code)
+
+
+def dispatch(argv: Sequence[str]) -> int:
+    """Parse ``argv`` and run its command; the exit code."""
+    command = typer.main.get_command(app)
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pipeline",
-        description="Batch file processing from one YAML file: read, transform, count, store.",
-    )
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-
-    def command(function: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        help_text = (function.__doc__ or "").strip()
-        sub = commands.add_parser(function.__name__, help=help_text, description=help_text)
-        sub.set_defaults(handler=function)
-        return sub
-
-    def config_args(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("config", type=Path, metavar="CONFIG", help="The job's YAML config file.")
-        sub.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="Override a config key: dotted.key=value (repeatable).",
-        )
-
-    sub = command(run)
-    config_args(sub)
-    sub.add_argument("--workers", type=_workers, metavar="N", help="Worker processes.")
-    sub.add_argument("--full", action="store_true", help="Ignore earlier results.")
-    sub.add_argument(
-        "--progress",
-        choices=PROGRESS_MODES,
-        default="auto",
-        help="auto | bar | log | none (auto: bars on a terminal, else log lines)",
-    )
-    sub.add_argument("--log-file", type=Path, metavar="FILE", help="Also log here.")
-    sub.add_argument("--quiet", "-q", action="store_true", help="Warnings and errors only.")
-    sub.add_argument("--debug", action="store_true", help="Tracebacks and worker details.")
-    config_args(command(validate))
-    config_args(command(plan))
-    sub = command(report)
-    config_args(sub)
-    sub.add_argument("--json", action="store_true", help="Print report.json.")
-    command(version)
-    return parser
+        code = command.main(args=list(argv), prog_name=PROG, standalone_mode=False)
+    except typer.TyperException as exc:
+        if not argv:  # no command (no_args_is_help): the overview, as a usage error
+            sys.stderr.write(exc.format_message().rstrip("\n") + "\n")
+            return int(ExitCode.USAGE)
+        return _usage_error(exc)
+    except typer.Abort:
+        sys.stderr.write("error: aborted\n")
+        return int(ExitCode.USAGE)
+    return int(code or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
-    if handler is None:  # no command: the overview, as a usage error
-        parser.print_help(sys.stderr)
-        raise SystemExit(int(ExitCode.USAGE))
-    raise SystemExit(handler(args))
+    raise SystemExit(dispatch(sys.argv[1:] if argv is None else argv))

@@ -14,9 +14,21 @@ class ExitCode(IntEnum):
     OK = 0
     TASKS_FAILED = 1
     USAGE = 2
+    INTERNAL = 70  # EX_SOFTWARE: a bug, not the input's fault
     LOCKED = 75
     SIGINT = 130
     SIGTERM = 143
+
+
+# What each exit code means, for people (every command's --help lists them).
+EXIT_CODE_MEANINGS: tuple[tuple[str, str], ...] = (
+    ("0", "every task succeeded (or was already done)"),
+    ("1", "the run finished but at least one task failed"),
+    ("2", "usage, config or input-discovery error; nothing was run and nothing written"),
+    ("70", "an internal error (a bug: please report it, with --debug)"),
+    ("75", "another run holds the lock on the output directory (cron tries later)"),
+    ("130/143", "interrupted by SIGINT/SIGTERM; the next run resumes"),
+)
 
 
 class PipelineError(Exception):
@@ -30,6 +42,11 @@ class PipelineError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class CommandLineError(PipelineError):
+    """The command line asks for something that cannot be done (a --log-file that cannot
+    be opened): found before anything is run or written."""
 
 
 class ConfigError(PipelineError):

@@ -120,6 +120,7 @@ class TaskRow:
     content: str | None = None  # digest of a small whole file (see worker.content_digest)
     parsed_partials: dict[str, Any] | None = None  # a batch member's, parsed with its batch
     batch_id: str | None = None  # the batch row holding it (None: a row of ``tasks``)
+    duration_s: float | None = None  # its last attempt's (None for a packed small file)
 
     @property
     def partials(self) -> dict[str, Any] | None:
@@ -144,7 +145,7 @@ class TaskRow:
 _ROW_COLUMNS = (
     "task_id, path, offset, length, size, mtime_ns, compression, result_key, status, "
     "attempts, records_in, records_out, malformed, undecodable, partials, part, part_size, "
-    "error_kind, error, part_offset, content"
+    "error_kind, error, part_offset, content, duration_s"
 )
 
 
@@ -171,6 +172,7 @@ def _row(values: tuple[Any, ...]) -> TaskRow:
         error,
         part_offset,
         content,
+        duration_s,
     ) = values
     return TaskRow(
         task_id,
@@ -194,6 +196,7 @@ def _row(values: tuple[Any, ...]) -> TaskRow:
         error,
         part_offset or 0,
         content,
+        duration_s=duration_s,
     )
 
 

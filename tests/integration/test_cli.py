@@ -10,6 +10,7 @@ import os
 import re
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.faults.test_signals import Harness, assert_no_process_left, kill_group, wait_for
 from tests.integration.helpers import REPO, CliResult, run_cli, write_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -438,7 +440,7 @@ def test_failing_call_step_fails_only_its_task(tmp_path: Path, job: Path) -> Non
     assert failure["attempts"] == 2
     assert "kaboom in the plugin" in failure["error"]
     assert "ValueError" in failure["error"]
-    assert f"byte offset {len(head.encode())}" in failure["error"], failure["error"]
+    assert re.search(r"\bline 6\b", failure["error"]), failure["error"]  # the 6th line raised
     assert "kaboom in the plugin" in result.stderr
 
     # the other files are committed; nothing of the failed task is
@@ -579,3 +581,261 @@ def test_touched_files_are_not_processed_again(tmp_path: Path, job: Path) -> Non
     target.write_bytes(data.replace(b"200", b"201", 1))  # same size, other bytes
     rows = plan_rows(job)
     assert {reason for reason, name in rows if name == target.name} == {"changed"}
+
+
+# --- the command line: typer, usage errors, help, completion -----------------------------
+
+COMMANDS = ("run", "validate", "plan", "report", "status", "schema", "version")
+
+
+def one_error_line(result: CliResult) -> str:
+    """The single ``error:`` line a failed command printed (no traceback, no stdout)."""
+    assert "Traceback" not in result.stderr
+    assert result.stdout == "", result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_version_option_and_command() -> None:
+    from pipeline import __version__
+
+    for args in (("--version",), ("version",)):
+        assert ok(run_cli(*args, timeout=T)).stdout == f"pipeline {__version__}\n"
+
+
+def test_no_command_prints_the_help_on_stderr_and_exits_2() -> None:
+    result = run_cli(timeout=T)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert "Usage: pipeline" in result.stderr
+    for command in COMMANDS:
+        assert re.search(rf"^\s+{command}\s", result.stderr, re.M), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (("run", "{config}", "--bogus"), r"No such option: --bogus"),
+        (("run", "{config}", "--workers", "0"), r"'--workers'"),
+        (("run", "{config}", "--workers", "lots"), r"'--workers'"),
+        (("run", "{config}", "--progress", "fancy"), r"'--progress'"),
+        (("run",), r"Missing argument 'CONFIG'"),
+        (("frobnicate", "{config}"), r"No such command 'frobnicate'"),
+        (("report", "{config}", "--slowest", "0"), r"'--slowest'"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line_and_write_nothing(
+    tmp_path: Path, job: Path, args: tuple[str, ...], expect: str
+) -> None:
+    before = snapshot(tmp_path)
+    result = run_cli(*(a.format(config=job) for a in args), cwd=tmp_path, timeout=T)
+    assert result.returncode == 2, result.stderr
+    assert re.search(expect, one_error_line(result)), result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_every_commands_help_has_examples_and_exit_codes() -> None:
+    for command in COMMANDS:
+        text = ok(run_cli(command, "--help", timeout=T)).stdout
+        assert "Examples:" in text and "Exit codes:" in text, text
+        examples = text.split("Examples:", 1)[1].split("Exit codes:", 1)[0]
+        assert re.search(rf"^\s+pipeline (--)?{command}\b", examples, re.M), text
+    exits = ok(run_cli("run", "--help", timeout=T)).stdout.split("Exit codes:", 1)[1]
+    for code in ("0", "1", "2", "70", "75", "130/143"):
+        assert re.search(rf"^\s+{re.escape(code)}\s+\w", exits, re.M), exits
+
+
+def test_shell_completion(tmp_path: Path) -> None:
+    script = ok(run_cli("--show-completion", "bash", timeout=T)).stdout
+    assert "_PIPELINE_COMPLETE=complete_bash" in script, script
+    ok(run_cli("--install-completion", "bash", env={"HOME": str(tmp_path)}, timeout=T))
+    installed = "\n".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
+    assert "_PIPELINE_COMPLETE=complete_bash" in installed
+    # what bash asks for when the user presses Tab
+    words = {"re": "report", "run x.yaml --pro": "--progress", "report x.yaml --sl": "--slowest"}
+    for typed, expected in words.items():
+        env = {
+            "_PIPELINE_COMPLETE": "complete_bash",
+            "COMP_WORDS": f"pipeline {typed}",
+            "COMP_CWORD": str(len(typed.split())),
+        }
+        assert ok(run_cli(env=env, timeout=T)).stdout.split() == [expected]
+
+
+def test_schema_is_the_configs_json_schema() -> None:
+    from pipeline.config import PipelineConfig
+
+    schema = json.loads(ok(run_cli("schema", timeout=T)).stdout)
+    assert schema == PipelineConfig.model_json_schema()
+    assert {"input", "output", "steps", "stats", "execution"} <= set(schema["properties"])
+
+
+# --- the error contract ------------------------------------------------------------------
+
+# The CLI with load_config replaced by a function that raises: an unexpected error, a bug.
+INTERNAL_FAULT = """
+import sys
+
+import pipeline.cli
+import pipeline.config
+
+
+def broken(*args, **kwargs):
+    raise RuntimeError("an injected fault")
+
+
+pipeline.config.load_config = broken
+pipeline.cli.main(sys.argv[1:])
+"""
+
+
+def run_with_a_fault(*args: str, cwd: Path) -> CliResult:
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERNAL_FAULT, *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=T,
+        stdin=subprocess.DEVNULL,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "plan", "report", "status"])
+def test_an_internal_error_exits_70_with_one_line(tmp_path: Path, job: Path, command: str) -> None:
+    before = snapshot(tmp_path)
+    result = run_with_a_fault(command, str(job), cwd=tmp_path)
+    assert result.returncode == 70, result.stderr
+    line = one_error_line(result)
+    assert "internal error" in line and "RuntimeError: an injected fault" in line
+    assert "--debug" in line
+    assert snapshot(tmp_path) == before
+
+    result = run_with_a_fault(command, str(job), "--debug", cwd=tmp_path)
+    assert result.returncode == 70, result.stderr
+    assert "Traceback" in result.stderr and "an injected fault" in result.stderr
+
+
+@pytest.mark.parametrize("where", ["missing/run.log", "data"])  # no such folder; a folder
+def test_a_log_file_that_cannot_be_opened_exits_2_and_writes_nothing(
+    tmp_path: Path, job: Path, where: str
+) -> None:
+    before = snapshot(tmp_path)
+    log_file = tmp_path / where
+    result = run(job, "--log-file", str(log_file))
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    assert "--log-file" in line and str(log_file) in line, line
+    assert snapshot(tmp_path) == before
+
+
+# --- report: the job log, a run going on, a run that died -----------------------------------
+
+
+def failing_job(tmp_path: Path) -> tuple[Path, Path]:
+    """The ``job`` data with a plugin that fails c.log's only task; its config and c.log."""
+    (tmp_path / "boomplug.py").write_text(PLUGIN)
+    bad = tmp_path / "data" / "c.log"
+    bad.write_text(log_lines(3, 5) + "10.3.9.9 EXPLODE /x 200 1\n")
+    config = make_config(
+        tmp_path,
+        steps=[
+            {"call": "boomplug:check"},
+            {"regex": LINE_RE},
+            {"types": {"status": "int", "bytes": "int"}},
+        ],
+        execution={"workers": 2, "retries": 1},
+    )
+    return config, bad
+
+
+def test_report_tasks_is_a_job_log(tmp_path: Path, job: Path) -> None:
+    config, bad = failing_job(tmp_path)
+    assert run(config).returncode == 1
+    report = load(tmp_path / "out" / "report.json")
+    total = report["tasks"]["total"]
+
+    text = ok(run_cli("report", str(config), "--tasks", cwd=tmp_path, timeout=T)).stdout
+    header, *rows = text.splitlines()
+    assert header.split() == ["status", "tries", "seconds", "records", "range", "path"]
+    assert len(rows) == total, text
+    failed = [row for row in rows if row.split()[0] == "failed"]
+    assert len(failed) == 1 and failed[0].endswith(str(bad)), text
+    assert failed[0].split()[1] == "2"  # attempts: one retry
+    done = [row.split() for row in rows if row.split()[0] == "done"]
+    assert len(done) == total - 1
+    assert sum(int(fields[3]) for fields in done) == report["records"]["in"]
+    assert all(re.search(r" bytes \d+-\d+ ", row) for row in rows), text
+
+    tasks = json.loads(
+        ok(run_cli("report", str(config), "--tasks", "--json", cwd=tmp_path, timeout=T)).stdout
+    )
+    assert len(tasks) == total
+    (failure,) = [t for t in tasks if t["status"] == "failed"]
+    assert failure["path"] == str(bad) and failure["attempts"] == 2
+    assert "kaboom in the plugin" in failure["error"]
+    assert sum(t["records_in"] for t in tasks if t["status"] == "done") == (report["records"]["in"])
+
+    slowest = json.loads(
+        ok(
+            run_cli("report", str(config), "--slowest", "2", "--json", cwd=tmp_path, timeout=T)
+        ).stdout
+    )
+    assert len(slowest) == 2
+    durations = [t["duration_s"] for t in slowest if t["duration_s"] is not None]
+    assert durations == sorted(durations, reverse=True)
+    text = ok(run_cli("report", str(config), "--slowest", "3", cwd=tmp_path, timeout=T)).stdout
+    assert len(text.splitlines()) == 1 + 3
+
+
+HOLD_PLUGIN = """
+import os
+import signal
+
+
+def hold(record):
+    # tells the test the run is under way, then waits for the test's kill -9
+    open(os.environ["HOLD_MARKER"], "w").close()
+    signal.pause()
+"""
+
+
+def test_report_shows_a_run_going_on_then_that_it_died(tmp_path: Path, job: Path) -> None:
+    ok(run(job))  # a finished run first: its report must not stand for the newer runs
+    (tmp_path / "holdplug.py").write_text(HOLD_PLUGIN)
+    marker = tmp_path / "held"
+    config = make_config(
+        tmp_path,
+        steps=[{"call": "holdplug:hold"}],
+        execution={"executor": "serial", "retries": 0},
+    )
+    harness = Harness(tmp_path / "logs")
+    try:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "HOLD_MARKER": str(marker)}
+        held = harness.launch("run", str(config), "--progress", "none", "--full", env=env)
+        wait_for(marker.exists, 60, "the plugin's marker", held)
+
+        text = ok(run_cli("report", str(config), cwd=tmp_path, timeout=T)).stdout
+        assert re.search(rf"^run #2: running now \(pid {held.pid}\b", text, re.M), text
+        assert re.search(r"^last finished run #1: ok \(exit 0\)", text, re.M), text
+        assert re.search(r"^\s+#2\s.*\brunning\b", text, re.M), text
+        now = json.loads(
+            ok(run_cli("report", str(config), "--json", cwd=tmp_path, timeout=T)).stdout
+        )
+        assert now["run_id"] == 2 and now["status"] == "running" and now["pid"] == held.pid
+
+        kill_group(held.pgid)
+        held.wait(30)
+        assert_no_process_left(held.pgid)
+    finally:
+        harness.cleanup()
+
+    text = ok(run_cli("report", str(config), cwd=tmp_path, timeout=T)).stdout
+    assert re.search(r"^run #2: died \(started ", text, re.M), text
+    assert re.search(r"^\s+#2\s.*\bdied\b", text, re.M), text
+    assert "running" not in text, text
+    died = json.loads(ok(run_cli("report", str(config), "--json", cwd=tmp_path, timeout=T)).stdout)
+    assert died is not None and died["run_id"] == 2 and died["status"] == "died", died
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", died["started"]), died

@@ -196,7 +196,7 @@ def test_walker_finds_known_violations() -> None:
     runner = transitive_imports("pipeline.runner")
     assert "pipeline.config" in runner and "sqlite3" in runner
     cli = transitive_imports("pipeline.cli")
-    assert {"argparse", "yaml", "pipeline.config"} <= set(cli)
+    assert {"typer", "yaml", "pipeline.config"} <= set(cli)
     # parent packages and ``from pipeline import x`` submodules are followed
     worker = transitive_imports("pipeline.worker")
     assert {"pipeline", "pipeline.store", "pipeline.store.parts", "pipeline.readers"} <= set(worker)
