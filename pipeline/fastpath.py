@@ -12,18 +12,30 @@ built as dicts only when they are written out.
 It must give exactly what the generic path gives, so a block it cannot reproduce
 exactly — one with a ``\\r`` or with bytes that do not decode — goes through the generic
 path, line by line; so does a value that does not convert cleanly.
+
+Malformed lines are counted as columns drop them; which lines they were, and why (the
+generic steps' very words), is worked out only when asked (``want_rejected``) and only for
+a block that had some: a block without them pays nothing for it.
 """
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
-from itertools import compress
+from itertools import compress, repeat
 from typing import Any
 
 from pipeline.columns import Columns, IntColumn
 from pipeline.conditions import compile_column_condition
-from pipeline.steps import convert_value
+from pipeline.steps import REGEX_NO_MATCH, convert_value, types_reason
+
+Dropped = list[tuple[int, str, str, Any]]
+"""Rows a ``types`` op rejected: (row, field, type, value), built only for those rows."""
+Op = Callable[[Columns, int], tuple[Columns, int, "list[bool] | None", Dropped]]
+"""An op: columns and rows in; columns, rows, the mask of the rows kept (None: all), and
+the rows rejected as malformed, out."""
+_NOTHING_DROPPED: Dropped = []  # shared, never appended to
 
 _FLOAT_COLUMN = re.compile(
     r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
@@ -77,7 +89,7 @@ class LinePlan:
         rx: re.Pattern[str] | None,
         names: tuple[str, ...],
         need_line: bool,
-        ops: Sequence[Callable[[Columns, int], tuple[Columns, int, int]]],
+        ops: Sequence[Op],
     ) -> None:
         self.rx = rx
         self.names = names  # the groups worth extracting, in pattern order
@@ -108,7 +120,7 @@ class LinePlan:
         if len(names) != rx.groups or "line" in names:
             return None  # unnamed groups, or a group named "line": keep it simple
         fields = ["line", *names]  # the record's keys, in order, after the regex
-        ops: list[Callable[[Columns, int], tuple[Columns, int, int]]] = []
+        ops: list[Op] = []
         referenced: set[str] = set(stat_fields)
         for spec in steps[1:]:
             ((name, arg),) = spec.items()
@@ -142,34 +154,39 @@ class LinePlan:
         need_line = "line" in referenced or (write_records and "line" in fields)
         return cls(rx, tuple(n for n in names if n in wanted), need_line, ops)
 
-    def run_block(self, text: str) -> tuple[Columns, int, int, int]:
-        """(columns, rows, lines, malformed) for a block of whole lines, or raise Declined."""
+    def run_block(
+        self, text: str, want_rejected: bool = False
+    ) -> tuple[Columns, int, int, int, list[tuple[int, str]]]:
+        """(columns, rows, lines, malformed, rejected) for a block of whole lines, or raise
+        Declined. ``rejected``: with ``want_rejected``, the malformed lines as (index in the
+        block, reason), in line order; else empty."""
         if "\r" in text:
             raise Declined  # CRLF: the generic path knows which \r to strip
         lines = text.split("\n")
         if text.endswith("\n"):
             lines.pop()
         if self.rx is None:
-            return ({"line": lines} if self.need_line else {}), len(lines), len(lines), 0
+            return ({"line": lines} if self.need_line else {}), len(lines), len(lines), 0, []
         match = self.rx.match
         index = self._index
+        matches = list(map(match, lines))  # kept: which lines failed, if any did
         if self.need_line:
-            found = [m for m in map(match, lines) if m is not None]
+            found = list(filter(None, matches))  # a match is true, None false
             rows = len(found)
             extracted = [[m.string for m in found]]
             if index:
                 extracted += zip(*(m.group(0, *index)[1:] for m in found), strict=True)
         elif len(index) > 1:
-            picked = [m.group(*index) for m in map(match, lines) if m is not None]
+            picked = [m.group(*index) for m in filter(None, matches)]
             rows = len(picked)
             extracted = [(), *zip(*picked, strict=True)]
         elif index:
             (i,) = index
-            picked = [m.group(i) for m in map(match, lines) if m is not None]
+            picked = [m.group(i) for m in filter(None, matches)]
             rows = len(picked)
             extracted = [(), picked]
         else:
-            rows = sum(1 for m in map(match, lines) if m is not None)
+            rows = len(lines) - matches.count(None)
             extracted = [()]
         if not rows:
             extracted = [() for _ in range(len(index) + 1)]
@@ -177,50 +194,75 @@ class LinePlan:
         for name, values in zip(self.names, extracted[1:], strict=True):
             columns[name] = list(values)
         malformed = len(lines) - rows
+        rejected: list[tuple[int, str]] = []
+        if malformed and want_rejected:
+            unmatched = compress(range(len(lines)), map(operator.is_, matches, repeat(None)))
+            rejected = [(i, REGEX_NO_MATCH) for i in unmatched]
+        masks: list[list[bool]] = []  # the rows each op kept, to trace a row to its line
         for op in self.ops:
-            columns, rows, bad = op(columns, rows)
-            malformed += bad
-        return columns, rows, len(lines), malformed
+            columns, rows, keep, dropped = op(columns, rows)
+            if dropped:
+                malformed += len(dropped)
+                if want_rejected:
+                    line_of = _lines_of_rows(matches, masks)
+                    rejected += [(line_of[r], types_reason(*why)) for r, *why in dropped]
+            if keep is not None:
+                masks.append(keep)
+        if len(rejected) > 1:
+            rejected.sort()
+        return columns, rows, len(lines), malformed, rejected
 
 
-def _types_op(conversions: dict[str, str], nulls: frozenset[str]):
-    def types(columns: Columns, rows: int) -> tuple[Columns, int, int]:
-        dropped: set[int] = set()
+def _lines_of_rows(matches: list[Any], masks: list[list[bool]]) -> list[int]:
+    """The block line of each current row: the matched lines, through the masks so far."""
+    lines = [i for i, m in enumerate(matches) if m is not None]
+    for keep in masks:
+        lines = list(compress(lines, keep))
+    return lines
+
+
+def _types_op(conversions: dict[str, str], nulls: frozenset[str]) -> Op:
+    def types(columns: Columns, rows: int) -> tuple[Columns, int, list[bool] | None, Dropped]:
+        dropped: dict[int, tuple[str, str, Any]] = {}
         for field, kind in conversions.items():
-            columns[field], bad = _convert_column(columns[field], kind, nulls)
-            dropped.update(bad)
+            values = columns[field]
+            columns[field], bad = _convert_column(values, kind, nulls)
+            for i in bad:  # the first field that fails is the reason, as in `types`
+                dropped.setdefault(i, (field, kind, values[i]))
         if not dropped:
-            return columns, rows, 0
+            return columns, rows, None, _NOTHING_DROPPED
         keep = [i not in dropped for i in range(rows)]
-        return _keep_rows(columns, keep), rows - len(dropped), len(dropped)
+        why = [(i, *dropped[i]) for i in sorted(dropped)]
+        return _keep_rows(columns, keep), rows - len(dropped), keep, why
 
     return types
 
 
-def _filter_op(spec: Mapping[str, Any]):
+def _filter_op(spec: Mapping[str, Any]) -> Op:
     condition = compile_column_condition(spec)
 
-    def keep_if(columns: Columns, rows: int) -> tuple[Columns, int, int]:
+    def keep_if(columns: Columns, rows: int) -> tuple[Columns, int, list[bool] | None, Dropped]:
         keep = condition(columns, rows)
         kept = sum(keep)
         if kept == rows:
-            return columns, rows, 0
-        return _keep_rows(columns, keep), kept, 0
+            return columns, rows, None, _NOTHING_DROPPED
+        return _keep_rows(columns, keep), kept, keep, _NOTHING_DROPPED
 
     return keep_if
 
 
-def _select_op(fields: list[str]):
-    def select(columns: Columns, rows: int) -> tuple[Columns, int, int]:
+def _select_op(fields: list[str]) -> Op:
+    def select(columns: Columns, rows: int) -> tuple[Columns, int, list[bool] | None, Dropped]:
         # a field nothing looks at may not have been extracted at all
-        return {f: columns[f] for f in fields if f in columns}, rows, 0
+        return {f: columns[f] for f in fields if f in columns}, rows, None, _NOTHING_DROPPED
 
     return select
 
 
-def _rename_op(mapping: dict[str, str]):
-    def rename(columns: Columns, rows: int) -> tuple[Columns, int, int]:
-        return {mapping.get(f, f): values for f, values in columns.items()}, rows, 0
+def _rename_op(mapping: dict[str, str]) -> Op:
+    def rename(columns: Columns, rows: int) -> tuple[Columns, int, list[bool] | None, Dropped]:
+        renamed = {mapping.get(f, f): values for f, values in columns.items()}
+        return renamed, rows, None, _NOTHING_DROPPED
 
     return rename
 

@@ -13,6 +13,14 @@ from typing import Any, NamedTuple
 
 COMPRESSED_SUFFIXES = {".gz": "gz", ".bz2": "bz2", ".xz": "xz", ".zst": "zst"}
 
+MALFORMED_SAMPLE_SIZE = 100
+"""Malformed records kept, with their reasons, for ``malformed.jsonl``: a run keeps its
+first this many (by path, then position), so a task never needs to send more."""
+
+Rejected = tuple[int, str]
+"""A malformed record of a task: (its position, as ``readers.iter_records`` yields it;
+the reason a reader or a step gave)."""
+
 EACH_TASK_ANNOUNCED_UP_TO = 16
 """On a Dask worker, a batch of at most this many tasks announces each task's start (and
 waits for the acknowledgement), so a crash is charged, and ``timeout`` applies, task by
@@ -160,6 +168,9 @@ class PackedTasks:
     totals: tuple[int, ...]  # files, records in/out, malformed, undecodable, bytes read, part
     part: str | None
     row_id: str  # the batch row's key (``packing.row_id``)
+    # The packed files that had malformed records, as (path, compression, records in,
+    # malformed, first rejected records): their results do not travel back on their own.
+    flagged: tuple[tuple[str, str | None, int, int, tuple[Rejected, ...]], ...] = ()
 
     @property
     def files(self) -> int:
@@ -203,6 +214,11 @@ class TaskResult:
     # On the first done result of a batch: every done whole file of the batch, packed
     # (their own ``partials`` are then left empty for the trip back).
     packed: PackedTasks | None = None
+    # The task's first malformed records (at most ``MALFORMED_SAMPLE_SIZE``, by position).
+    rejected: tuple[Rejected, ...] = ()
+    # Where a failed task's record sits (a position, as in ``rejected``): the main process
+    # turns it into a line number, which only it can count cheaply.
+    error_at: int | None = None
 
     def __reduce__(self) -> tuple[type[TaskResult], tuple[Any, ...]]:
         # Every task's result crosses back from a worker: a constructor call unpickles in a
@@ -226,4 +242,6 @@ class TaskResult:
             self.error,
             self.traceback,
             self.packed,
+            self.rejected,
+            self.error_at,
         )

@@ -29,11 +29,11 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from pipeline.digest import bytes_digest, reads_small_file
-from pipeline.models import TaskSpec
+from pipeline.models import MALFORMED_SAMPLE_SIZE, Rejected, TaskSpec
 
 BLOCK_SIZE = 1 << 20
 """Bytes per read; lines are cut out of each block with ``bytes.split``."""
@@ -62,6 +62,14 @@ class ReadCounters:
     bytes_read: int = 0  # bytes read from disk (compressed bytes for compressed files)
     content: str | None = None  # digest of the bytes of a small file read whole
     opened: os.stat_result | None = None  # fstat of the file as it was opened
+    # The first malformed records the reader dropped, with why (only those pay for it).
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def reject(self, position: int, reason: str) -> None:
+        """Count a malformed record; keep its position and reason while the sample has room."""
+        self.malformed += 1
+        if len(self.rejected) < MALFORMED_SAMPLE_SIZE:
+            self.rejected.append((position, reason))
 
 
 class FileChangedError(Exception):
@@ -84,10 +92,26 @@ def check_unchanged(task: TaskSpec, st: os.stat_result | None = None) -> None:
 def position_label(fmt: str, task: TaskSpec) -> str:
     """What the ``position`` yielded by ``iter_records`` means, for error messages."""
     if fmt == "csv":
-        return "row"
+        return "line"
     if task.compression is not None:
         return "decompressed byte offset"
     return "byte offset"
+
+
+def record_where(fmt: str, task: TaskSpec, position: int) -> str:
+    """Where a record of a task is, for its error message: a csv row's line, or a line's
+    byte offset (the main process, which can count lines, rewrites it as a line)."""
+    if fmt == "csv":
+        return f"{task.path}: line {position}"
+    return f"{task.path}: record at {position_label(fmt, task)} {position}"
+
+
+def line_where(fmt: str, task: TaskSpec, position: int, line: int) -> str:
+    """``record_where`` once the line is known: the line, and the offset (a tool such as
+    ``tail -c`` goes straight there in a big file)."""
+    if fmt == "csv":
+        return f"{task.path}: line {line}"
+    return f"{task.path}: line {line} ({position_label(fmt, task)} {position})"
 
 
 @functools.cache  # a pure check, asked once per task
@@ -119,7 +143,8 @@ def iter_records(
     """Yield ``(position, record)`` for every record the task owns, in file order.
 
     ``position`` is the byte offset of the line's first byte in the (decompressed) stream
-    for ``lines``/``jsonl``, the 1-based data row for ``csv``, and 0 for ``bytes``.
+    for ``lines``/``jsonl``, the 1-based line where the row starts for ``csv`` (a task
+    reads a csv file whole, so it can count), and 0 for ``bytes``.
     Counts go into ``counters`` as reading progresses; ``bytes_read`` is settled when the
     generator finishes or is closed.
     """
@@ -183,6 +208,21 @@ def _opened(task: TaskSpec, counters: ReadCounters) -> Iterator[tuple[IO[bytes],
             counters.bytes_read += handle.tell() - start
             if stream is not handle:
                 stream.close()
+
+
+@contextlib.contextmanager
+def opened_stream(path: str, compression: str | None) -> Iterator[IO[bytes]]:
+    """A file's bytes from its start, decompressed: the stream ``iter_records`` reads,
+    whose offsets its positions are (for the main process's line counts)."""
+    with open(path, "rb") as handle:
+        if compression is None:
+            yield handle
+            return
+        stream = _decompressed(handle, TaskSpec("", path, 0, None, 0, 0, compression))
+        try:
+            yield stream
+        finally:
+            stream.close()
 
 
 def read_small_file(task: TaskSpec, counters: ReadCounters) -> bytes:
@@ -407,10 +447,10 @@ def _jsonl_records(
         try:
             record = json.loads(text)
         except (ValueError, RecursionError):  # invalid JSON (blank lines included)
-            counters.malformed += 1
+            counters.reject(position, "blank line" if not text.strip() else "not valid JSON")
             continue
         if not isinstance(record, dict):
-            counters.malformed += 1
+            counters.reject(position, "not a JSON object")
             continue
         yield position, record
 
@@ -425,28 +465,49 @@ def _csv_records(
     with ``errors="replace"`` (what a replacing decoder would have produced). Header
     names are repaired the same way, without counting. A row with more fields than the
     header is malformed and skipped; a shorter row keeps ``None`` for the missing fields.
-    Positions are 1-based data rows (the header and blank lines are not rows).
+    Positions are the 1-based lines where rows start (as the csv module counts lines: a
+    ``\r`` alone ends one too): a row that ends one line after the previous one starts
+    there; otherwise (a quoted newline, blank lines before it) its own line breaks are
+    counted back from where it ends.
     """
     text = io.TextIOWrapper(stream, encoding=encoding, errors="surrogateescape", newline="")
     try:
         reader = csv.DictReader(text)
-        row_no = 0
+        ended = 0  # the line where the last row (or the header) ended
         try:
             if reader.fieldnames is not None:
                 reader.fieldnames = [_unescape(name, encoding) for name in reader.fieldnames]
-            for row_no, row in enumerate(reader, 1):
+            rows = reader.reader  # its line_num: a plain attribute (DictReader's: a property)
+            ended = rows.line_num
+            for row in reader:
                 counters.records_in += 1
+                line = rows.line_num
+                start = line if line == ended + 1 else line - _line_breaks(row)
+                ended = line
                 if None in row:
-                    counters.malformed += 1
+                    counters.reject(
+                        start,
+                        f"{len(row) - 1 + len(row[None])} fields, the header has {len(row) - 1}",
+                    )
                     continue
                 if _ESCAPED_BYTES.search("".join(filter(None, row.values()))):
                     counters.undecodable += 1
                     row = {key: _unescape(value, encoding) for key, value in row.items()}
-                yield row_no, row
+                yield start, row
         except csv.Error as exc:
-            raise ValueError(f"CSV error after data row {row_no}: {exc}") from exc
+            raise ValueError(f"CSV error after line {ended}: {exc}") from exc
     finally:
         text.detach()  # leave the byte stream open: the caller closes it
+
+
+def _line_breaks(row: dict[Any, Any]) -> int:
+    """Line breaks inside a csv row's values (``\r\n`` is one), as the csv module counts."""
+    breaks = 0
+    for value in row.values():
+        for text in value if isinstance(value, list) else (value,):
+            if text:
+                breaks += text.count("\n") + text.count("\r") - text.count("\r\n")
+    return breaks
 
 
 def _unescape(value: str | None, encoding: str) -> str | None:

@@ -36,6 +36,7 @@ from typing import Any
 
 from pipeline import worker
 from pipeline.config import PipelineConfig
+from pipeline.diagnostics import InputDiagnostics
 from pipeline.discovery import Discovery
 from pipeline.errors import ConfigError, ExecutionError, ExitCode, StoreError
 from pipeline.executors import (
@@ -46,16 +47,25 @@ from pipeline.executors import (
     PoolOptions,
     make_executor,
 )
-from pipeline.executors.shield import get_context, helpers_shielded
-from pipeline.live import LiveStats
+from pipeline.executors.shield import get_context, helpers_shielded, stop_signals_blocked
+from pipeline.live import (
+    LiveAddress,
+    LiveStats,
+    PlanTotals,
+    RunFacts,
+    remove_address,
+    write_address,
+)
 from pipeline.models import JobSpec, TaskResult, TaskSpec
 from pipeline.planfeed import PlanFeed
 from pipeline.planning import Batcher, Plan, Planner
+from pipeline.readers import line_where, record_where
 from pipeline.reporting import Progress, choose_mode, summary_lines
 from pipeline.store import merge, parts
 from pipeline.store.atomic import make_dirs, remove_temp_files
 from pipeline.store.ledger import Ledger
 from pipeline.store.lock import RunLock
+from pipeline.storeview import iso_time
 from pipeline.units import format_size
 
 log = logging.getLogger("pipeline")
@@ -174,7 +184,10 @@ def _store_lock(out_dir: Path) -> Iterator[RunLock]:
 
 def report_discovery(found: Discovery) -> None:
     """Warnings for patterns that matched nothing and inputs that were skipped."""
-    if found.unmatched:
+    if found.unmatched and len(found.unmatched) == len(found.patterns):
+        patterns = ", ".join(repr(p) for p in found.patterns)
+        log.warning("no input matched input.paths (%s): nothing to do", patterns)
+    elif found.unmatched:
         log.warning("no file matches %s", ", ".join(repr(p) for p in found.unmatched))
     folders = [item.path for item in found.skipped if item.reason == "skipped: a directory"]
     for item in found.skipped:
@@ -216,6 +229,7 @@ class _RunState:
     failures: list[dict[str, Any]] = field(default_factory=list)
     fatal: str | None = None  # why the run gave up early, if it did
     disk_full: bool = False
+    diagnostics: InputDiagnostics = field(default_factory=InputDiagnostics)
 
 
 class Run:
@@ -277,6 +291,7 @@ class Run:
         ledger = Ledger(self.out_dir)
         feed: PlanFeed | None = None
         manager: SyncManager | None = None
+        live: LiveStats | None = None
         progress = Progress("none", 0, 0)
         try:
             run_id = ledger.start_run(self.cfg.name, self.result_key)
@@ -301,10 +316,13 @@ class Run:
                 freeze_heap()
             # Worker processes (a pool's, a cluster's): the live view goes in a Manager.
             manager = self._start_manager() if kind != "serial" else None
+            live = self._live_stats(manager, executor, feed, run_id, started)
             progress = Progress(
-                choose_mode(self.options.progress, self.options.quiet), plan.n_run, plan.run_bytes
+                choose_mode(self.options.progress, self.options.quiet),
+                plan.n_run,
+                plan.run_bytes,
+                live,
             )
-            live = self._live_stats(manager)
             if plan.n_run or not feed.done:
                 log.info("executor: %s", executor.describe())
 
@@ -348,7 +366,7 @@ class Run:
             progress.close()
             ledger.close()
             if manager is not None:
-                manager.shutdown()
+                self._stop_manager(manager, live)
             with contextlib.suppress(OSError):  # the workers' announcement files
                 parts.clear_tmp(str(self.parts_dir))
 
@@ -411,16 +429,67 @@ class Run:
             manager.start(initializer=worker.init_manager)
         return manager
 
-    def _live_stats(self, manager: SyncManager | None) -> LiveStats:
+    def _live_stats(
+        self,
+        manager: SyncManager | None,
+        executor: Executor,
+        feed: PlanFeed,
+        run_id: int,
+        started: float,
+    ) -> LiveStats:
+        """The live view; with a Manager, published by a thread of its own too, and its
+        address in ``live.json`` for ``pipeline status``. Without one (an in-process run)
+        it only feeds the bars, and a file a killed run left is removed."""
+        facts = RunFacts(run_id, os.getpid(), started, executor.describe())
+
+        def totals() -> PlanTotals:
+            return PlanTotals(feed.plan.n_run, feed.plan.run_bytes, feed.done)
+
+        def activity() -> list[dict[str, Any]]:
+            return [entry.as_dict() for entry in executor.activity()]
+
+        specs = self.cfg.stat_specs()
         if manager is None:
-            return LiveStats({}, threading.Lock(), self.cfg.stat_specs(), LIVE_EVERY_S)
-        return LiveStats(manager.dict(), manager.Lock(), self.cfg.stat_specs(), LIVE_EVERY_S)
+            remove_address(self.out_dir)
+            return LiveStats({}, threading.Lock(), specs, LIVE_EVERY_S, facts=facts, totals=totals)
+        mapping, lock = manager.dict(), manager.Lock()
+        live = LiveStats(
+            mapping, lock, specs, LIVE_EVERY_S, facts=facts, totals=totals, activity=activity
+        )
+        live.publish()
+        # Its thread must never take a stop signal: while helpers start, the main thread
+        # blocks them with the handlers set to ignore, counting on the signal to wait.
+        with stop_signals_blocked():
+            live.start_publisher()
+        address = LiveAddress(
+            manager.address,
+            bytes(manager._authkey),  # type: ignore[attr-defined]  # _start_manager's key
+            mapping._token.id,  # type: ignore[attr-defined]
+            lock._token.id,  # type: ignore[attr-defined]
+            os.getpid(),
+            run_id,
+        )
+        try:
+            write_address(self.out_dir, address)
+        except OSError as exc:  # the run goes on; only ``pipeline status`` cannot see it
+            log.warning("%s: cannot publish the live view's address: %s", self.out_dir, exc)
+        return live
+
+    def _stop_manager(self, manager: SyncManager, live: LiveStats | None) -> None:
+        """The live view ends before the lock is released: publisher, address, Manager."""
+        if live is not None:
+            live.stop_publisher()
+        remove_address(self.out_dir)
+        manager.shutdown()
 
     def _commit(
         self, ledger: Ledger, live: LiveStats, progress: Progress, outcome: Outcome, run_id: int
     ) -> None:
         """A batch's final results: one ledger transaction, then the live view and progress."""
         tasks = {t.task_id: t for t in outcome.batch.tasks}
+        for result in outcome.results:
+            if result.error_at is not None:  # before the ledger keeps the message
+                self._name_line(tasks[result.task_id], result)
         ledger.commit_tasks(tasks, outcome.results, outcome.attempts, run_id, self.result_key)
         nbytes = failed = n_tasks = 0
         for result in outcome.results:
@@ -431,12 +500,14 @@ class Run:
                 self.state.done += packed.files
                 self.state.records += packed.records_in
                 self.state.bytes_read += packed.bytes_read
+                self.state.diagnostics.add_packed(packed)
                 continue
             task = tasks[result.task_id]
             nbytes += task.size if task.length is None else task.length
             n_tasks += 1
             if result.ok:
                 self.state.done += 1
+                self.state.diagnostics.add(task, result)
             else:
                 failed += 1
                 self._record_failure(task, result, outcome.attempts)
@@ -444,6 +515,19 @@ class Run:
             self.state.bytes_read += result.bytes_read
         live.add(outcome.results)
         progress.advance(nbytes, n_tasks, failed)
+
+    def _name_line(self, task: TaskSpec, result: TaskResult) -> None:
+        """A failure's message names the line of the record, which only this process can
+        count (the worker knows its position: a byte offset, for lines and jsonl)."""
+        if result.error_at is None or result.error is None:
+            return
+        fmt = self.cfg.input.format
+        where = record_where(fmt, task, result.error_at) + ": "
+        lines = self.state.diagnostics.lines
+        line = lines.line_of(fmt, task.path, task.compression, result.error_at)
+        if line is not None and result.error.startswith(where):
+            rest = result.error[len(where) :]
+            result.error = f"{line_where(fmt, task, result.error_at, line)}: {rest}"
 
     def _record_failure(self, task: TaskSpec, result: TaskResult, attempts: int) -> None:
         self.state.failed += 1
@@ -515,28 +599,42 @@ class Run:
         else:
             status, exit_code = "ok", int(ExitCode.OK)
         total = plan.n_run + plan.n_skip
+        pending = total - self.state.done - self.state.failed - plan.n_skip
+        fmt = self.cfg.input.format
+        diagnosed = self.state.diagnostics
+        warnings = diagnosed.warnings(fmt, self.cfg.stat_specs(), live.partials)
+        try:
+            merge.write_jsonl(self.out_dir / merge.MALFORMED_NAME, diagnosed.sample(fmt))
+        except OSError as exc:
+            raise StoreError(f"{self.out_dir}: cannot write {merge.MALFORMED_NAME}: {exc}") from exc
         report = {
             "name": self.cfg.name,
             "run_id": run_id,
             "status": status,
             "exit_code": exit_code,
-            "started": _iso(started),
-            "finished": _iso(time.time()),
+            "started": iso_time(started),
+            "finished": iso_time(time.time()),
             "config": str(self.cfg.config_path),
             "tasks": {
                 "total": total,
                 "done": self.state.done,
                 "failed": self.state.failed,
                 "skipped": plan.n_skip,
-                "pending": total - self.state.done - self.state.failed - plan.n_skip,
+                "pending": pending,
             },
+            # records.* and stats.json cover every planned task (none failed or pending)
+            "complete": status == "ok" and not pending and not self.state.failed,
             "records": ledger.committed_counts(result_key),
             "run": {
                 "records": self.state.records,
                 "bytes_read": self.state.bytes_read,
+                "malformed": diagnosed.malformed,
                 "duration_s": round(time.time() - started, 3),
             },
+            "malformed_files": diagnosed.malformed_files,
+            "malformed_by_file": diagnosed.by_file(),
             "failures": self.state.failures,
+            "warnings": warnings,
         }
         if budget is not None and self.state.failed >= budget:
             report["stopped_by"] = f"max_failures ({budget})"
@@ -548,6 +646,8 @@ class Run:
             raise StoreError(f"{self.out_dir}: cannot write report.json: {exc}") from exc
         ledger.finish_run(run_id, status, exit_code, report)
         parts.remove_unreferenced(str(self.parts_dir), ledger.part_names())
+        for warning in warnings:
+            log.warning("%s", warning)
         for line in summary_lines(report, stats, str(self.out_dir)):
             log.info("%s", line)  # on the console unless --quiet; always in --log-file
         return RunResult(exit_code, report, stats)
@@ -556,10 +656,6 @@ class Run:
 def _estimate_s(plan: Plan) -> float:
     """Rough seconds of work in the tasks planned to run (for the tiny-job rule)."""
     return plan.run_bytes / TINY_RATE + plan.n_run * TINY_PER_TASK_S
-
-
-def _iso(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(timestamp))
 
 
 def _reason_text(plan: Plan) -> str:

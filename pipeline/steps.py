@@ -4,14 +4,15 @@
 ``chain(record) -> (records_out, n_malformed)``. Why this shape:
 
 * Every step compiles to a plain function ``record -> result`` where the result is the
-  (possibly same, mutated) ``dict`` to pass on, ``None`` (dropped on purpose),
-  ``MALFORMED`` (dropped and counted) or, for ``call`` only, a fan-out. The chain loops
-  over that flat tuple and does one ``type(result) is dict`` test per step, so the common
-  case (no fan-out) allocates nothing beyond what the steps themselves build and the
-  one-element output list.
+  (possibly same, mutated) ``dict`` to pass on, ``None`` (dropped on purpose), a
+  ``_Malformed`` (dropped and counted, with its reason) or, for ``call`` only, a fan-out.
+  The chain loops over that flat tuple and does one ``type(result) is dict`` test per
+  step, so the common case (no fan-out) allocates nothing beyond what the steps
+  themselves build and the one-element output list.
 * Steps mutate the record in place: the reader hands over a fresh dict per record.
-* Malformed records are signalled by a sentinel, not an exception: a log file full of
-  non-matching lines is ordinary input, and raising per record would be slow.
+* Malformed records are signalled by a returned value, not an exception: a log file full
+  of non-matching lines is ordinary input, and raising per record would be slow. The
+  reason is built only for a rejected record (``malformed.jsonl`` shows it).
 * A fan-out is materialised at once (so a plugin's generator never sees later steps'
   in-place edits), and each fanned-out record is a shallow copy when more steps follow, so
   a plugin may yield the same dict twice.
@@ -64,15 +65,25 @@ _Step = Callable[[dict], Any]
 
 
 class _Malformed:
-    """Sentinel type: the step rejected the record."""
+    """What a step returns for a record it rejects, with the reason (built only then)."""
 
-    __slots__ = ()
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
     def __repr__(self) -> str:
-        return "MALFORMED"
+        return f"MALFORMED({self.reason!r})"
 
 
-MALFORMED: Any = _Malformed()
+REGEX_NO_MATCH = "regex did not match"
+
+
+def types_reason(field: str, kind: str, value: Any) -> str:
+    """Why ``types`` rejected a record: the one wording, shared with the fast path."""
+    return f"types: {field}: invalid {kind} {value!r}"
+
+
 _MISSING: Any = object()
 
 
@@ -87,8 +98,11 @@ class _FanOut:
         self.copy = copy
 
 
-def compile_steps(specs: Sequence[Mapping[str, Any]]) -> Chain:
-    """Compile the normalised step specs into one ``record -> (records_out, n_malformed)``."""
+def compile_steps(specs: Sequence[Mapping[str, Any]], reasons: list[str] | None = None) -> Chain:
+    """Compile the normalised step specs into one ``record -> (records_out, n_malformed)``.
+
+    ``reasons``: a list the chain appends each malformed record's reason to (the caller
+    empties it); only a rejected record pays for it."""
     total = len(specs)
     fns: tuple[_Step, ...] = tuple(
         _compile_step(position, spec, total) for position, spec in enumerate(specs)
@@ -106,7 +120,9 @@ def compile_steps(specs: Sequence[Mapping[str, Any]]) -> Chain:
     def _settle(result: Any, out: list[dict]) -> int:
         if result is None:
             return 0
-        if result is MALFORMED:
+        if type(result) is _Malformed:
+            if reasons is not None:
+                reasons.append(result.reason)
             return 1
         malformed = 0
         for item in result.records:
@@ -119,7 +135,9 @@ def compile_steps(specs: Sequence[Mapping[str, Any]]) -> Chain:
             if type(record) is not dict:
                 if record is None:
                     return [], 0
-                if record is MALFORMED:
+                if type(record) is _Malformed:
+                    if reasons is not None:
+                        reasons.append(record.reason)
                     return [], 1
                 out: list[dict] = []
                 malformed = _settle(record, out)
@@ -166,10 +184,12 @@ def _regex_step(where: str, arg: Any) -> _Step:
     def regex(record: dict) -> Any:
         value = record.get(field)
         if type(value) is not str and not isinstance(value, str):
-            return MALFORMED
+            if value is None:
+                return _Malformed(f"regex: no value in {field!r}")
+            return _Malformed(f"regex: {field} is not a string")
         found = match(value)
         if found is None:
-            return MALFORMED
+            return _Malformed(REGEX_NO_MATCH)
         record.update(found.groupdict())
         return record
 
@@ -249,19 +269,19 @@ def _types_step(where: str, arg: Any) -> _Step:
         raise ValueError(f"{where}: fields must be a mapping of field -> type, got {fields!r}")
     if not isinstance(nulls_list, (list, tuple)) or not all(isinstance(n, str) for n in nulls_list):
         raise ValueError(f"{where}: nulls must be a list of strings, got {nulls_list!r}")
-    pairs: list[tuple[str, Callable[[Any], Any]]] = []
+    pairs: list[tuple[str, str, Callable[[Any], Any]]] = []
     for field, type_name in fields.items():
         if type_name not in _CONVERTERS:
             raise ValueError(
                 f"{where}: field {field!r} has unknown type {type_name!r}; "
                 f"expected one of {', '.join(_CONVERTERS)}"
             )
-        pairs.append((field, _CONVERTERS[type_name]))
+        pairs.append((field, type_name, _CONVERTERS[type_name]))
     conversions = tuple(pairs)
     nulls = frozenset(nulls_list)
 
     def types(record: dict) -> Any:
-        for field, convert in conversions:
+        for field, kind, convert in conversions:
             value = record.get(field)  # missing stays missing, None stays None
             if value is None:
                 continue
@@ -271,7 +291,7 @@ def _types_step(where: str, arg: Any) -> _Step:
             try:
                 record[field] = convert(value)
             except _NOT_CONVERTIBLE:
-                return MALFORMED
+                return _Malformed(types_reason(field, kind, value))
         return record
 
     return types
@@ -367,8 +387,8 @@ def _call_step(where: str, arg: Any, *, resume: int, total: int) -> _Step:
     def call(record: dict) -> Any:
         try:
             result = func(record)
-        except MalformedRecord:
-            return MALFORMED
+        except MalformedRecord as exc:
+            return _Malformed(_call_reason(name, exc))
         if type(result) is dict or result is None:
             return result
         if isinstance(result, Mapping):
@@ -380,11 +400,15 @@ def _call_step(where: str, arg: Any, *, resume: int, total: int) -> _Step:
             )
         try:
             records = [_as_record(name, item) for item in result]
-        except MalformedRecord:
-            return MALFORMED
+        except MalformedRecord as exc:
+            return _Malformed(_call_reason(name, exc))
         return _FanOut(records, resume, copy)
 
     return call
+
+
+def _call_reason(name: str, exc: MalformedRecord) -> str:
+    return f"call {name}: {exc}" if str(exc) else f"call {name}: rejected"
 
 
 def _as_record(name: str, item: Any) -> dict:

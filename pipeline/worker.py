@@ -37,12 +37,20 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from itertools import accumulate
 from typing import Any, BinaryIO, NamedTuple
 
 from pipeline import aggregates, fastpath, readers, steps
 from pipeline.digest import reads_small_file
 from pipeline.heap import keep_freed_heap
-from pipeline.models import Batch, JobSpec, TaskResult, TaskSpec
+from pipeline.models import (
+    MALFORMED_SAMPLE_SIZE,
+    Batch,
+    JobSpec,
+    Rejected,
+    TaskResult,
+    TaskSpec,
+)
 from pipeline.readers import check_unchanged
 from pipeline.store.packing import pack_tasks, slim_results
 from pipeline.store.parts import TMP_DIR, part_writer
@@ -82,7 +90,8 @@ class TaskRunner:
                 sys.path.insert(0, folder)
         self.job = job
         self.pid = os.getpid()  # built in the process that runs the tasks
-        self.chain = steps.compile_steps(job.steps)
+        self.reasons: list[str] = []  # the chain's reasons for the record just rejected
+        self.chain = steps.compile_steps(job.steps, self.reasons)
         self.aggregators = aggregates.Aggregators(job.stats)
         self.extremes = any(spec["kind"] in ("min", "max") for spec in job.stats.values())
         self.encode = make_encoder()
@@ -184,6 +193,9 @@ class TaskRunner:
             result.partials = self.aggregators.partials(sink.state)
             result.records_out = sink.records_out
             result.malformed = sink.malformed + counters.malformed
+            if sink.rejected or counters.rejected:
+                rejected = sorted(sink.rejected + counters.rejected)
+                result.rejected = tuple(rejected[:MALFORMED_SAMPLE_SIZE])
             if handle is not None:
                 result.part_offset = sink.start
                 result.part_size = handle.tell() - sink.start
@@ -193,9 +205,9 @@ class TaskRunner:
                 handle.seek(sink.start)
                 handle.truncate()
             where = task.path
-            if sink.position is not None:
-                label = readers.position_label(self.job.format, task)
-                where = f"{task.path}: record at {label} {sink.position}"
+            if sink.position is not None and self.job.format != "bytes":
+                where = readers.record_where(self.job.format, task, sink.position)
+                result.error_at = sink.position
             result.error_kind = "error"
             result.error = f"{where}: {type(exc).__name__}: {exc}"
             result.traceback = traceback.format_exc()
@@ -217,19 +229,32 @@ class TaskRunner:
         else:
             blocks = readers.iter_line_blocks(task, counters, block_size=self.block_size)
         for start, data in blocks:
+            room = MALFORMED_SAMPLE_SIZE - len(sink.rejected)
             try:
-                columns, rows, lines, malformed = self.fast.run_block(data.decode(encoding))
+                text = data.decode(encoding)
+                columns, rows, lines, malformed, rejected = self.fast.run_block(text, room > 0)
             except (UnicodeDecodeError, fastpath.Declined):
                 self.declined_blocks += 1
                 sink.consume(readers.block_records(start, data, encoding, counters))
                 continue
             counters.records_in += lines
             sink.malformed += malformed
+            if rejected:
+                sink.rejected += _at_offsets(start, data, rejected[:room])
             sink.records_out += rows
             self.aggregators.add_columns(sink.state, columns, rows)
             if sink.handle is not None and rows:
                 encode = self.encode
                 sink.write([encode(r) for r in fastpath.records_of(columns, rows)])
+
+
+def _at_offsets(start: int, data: bytes, rejected: list[tuple[int, str]]) -> list[Rejected]:
+    """Rejected lines of a block, from their index in the block to their byte offset in
+    the (decompressed) file: what the generic path calls their position."""
+    last = rejected[-1][0]
+    sizes = map(len, data.split(b"\n", last)[:last])
+    offsets = list(accumulate(sizes, initial=0))  # of line i: offsets[i] + i newlines
+    return [(start + offsets[i] + i, reason) for i, reason in rejected]
 
 
 class _Sink:
@@ -243,7 +268,9 @@ class _Sink:
         self.records_out = 0
         self.malformed = 0
         self.position: int | None = None  # of the record being processed, for errors
+        self.rejected: list[Rejected] = []  # the first malformed records, in file order
         self._buffer: list[str] = []
+        runner.reasons.clear()  # what an earlier, failed task's chain may have left
 
     def consume(self, records: Iterator[tuple[int, dict[str, Any]]]) -> None:
         """Records one by one through the generic chain."""
@@ -256,7 +283,8 @@ class _Sink:
         for position, record in records:
             self.position = position
             outs, bad = chain(record)
-            self.malformed += bad
+            if bad:
+                self._reject(position, bad)
             for out in outs:
                 add(state, out)
                 self.records_out += 1
@@ -265,6 +293,15 @@ class _Sink:
             if len(buffer) >= 4096:
                 self.flush()
         self.position = None
+
+    def _reject(self, position: int, bad: int) -> None:
+        """Count a record's malformed outputs; keep why while the sample has room."""
+        self.malformed += bad
+        reasons = self.runner.reasons
+        room = MALFORMED_SAMPLE_SIZE - len(self.rejected)
+        if room > 0:
+            self.rejected += [(position, reason) for reason in reasons[:room]]
+        reasons.clear()
 
     def write(self, lines: list[str]) -> None:
         self._buffer.extend(lines)

@@ -64,6 +64,32 @@ Background = Callable[[], bool]  # a step of main-thread work; False once none i
 
 
 @dataclass(frozen=True)
+class WorkerActivity:
+    """What one worker is on, for the live view: its batch's first task (and how many
+    tasks the batch has), since when (epoch seconds; None when not known)."""
+
+    worker: str  # "pid 1234", a Dask worker's address
+    path: str
+    range: str
+    tasks: int
+    since: float | None
+
+    @classmethod
+    def of(cls, worker: str, batch: Batch, since: float | None, task: int = 0) -> WorkerActivity:
+        current = batch.tasks[task]
+        return cls(worker, current.path, current.describe_range(), len(batch.tasks) - task, since)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "worker": self.worker,
+            "path": self.path,
+            "range": self.range,
+            "tasks": self.tasks,
+            "since": self.since,
+        }
+
+
+@dataclass(frozen=True)
 class Fault:
     """Why a batch's attempt ended without results (``kind``: crashed | timeout)."""
 
@@ -279,5 +305,9 @@ class Executor(Protocol):
     ) -> None: ...
 
     def describe(self) -> str: ...
+
+    def activity(self) -> list[WorkerActivity]:
+        """What each worker is on now (any thread may ask; a best effort)."""
+        ...
 
     def close(self) -> None: ...

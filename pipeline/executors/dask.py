@@ -59,6 +59,7 @@ from pipeline.executors.base import (
     OnOutcome,
     Schedule,
     StopCheck,
+    WorkerActivity,
     error_results,
 )
 from pipeline.executors.shield import start_forkserver
@@ -134,6 +135,7 @@ class DaskExecutor:
         self._cluster: Cluster | None = None
         self._busy = False  # tasks were left running: a local cluster is killed, not closed
         self.starts_dir: str | None = None  # where a local cluster's workers write starts
+        self._loop: _Loop | None = None  # the run going on (``activity`` reads it)
 
     @property
     def batch_shape(self) -> BatchShape:
@@ -192,12 +194,31 @@ class DaskExecutor:
     ) -> None:
         cluster = self._connect()
         loop = _Loop(self, cluster, batches, on_outcome, should_stop, stop_now, background)
+        self._loop = loop
         try:
             loop.run()
         finally:
+            self._loop = None
             if loop.flights:
                 self._busy = True
                 cluster.cancel(list(loop.flights))
+
+    def activity(self) -> list[WorkerActivity]:
+        """The batches on the cluster that announced their start: on which worker (its
+        pid, where known), at which task, since when; the others are queued. Called from
+        another thread: it only copies what the loop changes."""
+        loop = self._loop
+        if loop is None:
+            return []
+        found = []
+        now_wall, now = time.time(), time.monotonic()
+        for flight in list(loop.flights.values()):
+            if flight.started is None:
+                continue
+            where = flight.worker + (f" (pid {flight.pid})" if flight.pid else "")
+            since = now_wall - (now - flight.started)
+            found.append(WorkerActivity.of(where, flight.batch, since, flight.task))
+        return found
 
     def close(self) -> None:
         if self._cluster is not None:

@@ -48,6 +48,7 @@ from pipeline.executors.base import (
     OnOutcome,
     Schedule,
     StopCheck,
+    WorkerActivity,
     describe_exit,
     error_results,
 )
@@ -180,6 +181,8 @@ class ProcessExecutor:
     def __init__(self, options: ExecutorOptions, pool: PoolOptions | None = None) -> None:
         self.options = options
         self.pool = pool or PoolOptions()
+        # The schedule and the pool's watch while ``run`` goes: what ``activity`` reads.
+        self._watching: tuple[Schedule, _Watch] | None = None
 
     def describe(self) -> str:
         method = self.pool.start_method
@@ -195,6 +198,23 @@ class ProcessExecutor:
 
     def close(self) -> None:
         """Nothing outlives ``run``."""
+
+    def activity(self) -> list[WorkerActivity]:
+        """Each worker's announced batch (``worker.Announcer``), matched with the batches
+        in flight. Called from another thread: it only copies (atomic under the GIL) what
+        the supervisor loop changes, and reads the workers' announcement files."""
+        watching = self._watching
+        if watching is None:
+            return []
+        schedule, watch = watching
+        in_flight = dict(schedule.in_flight)
+        found = []
+        for pid in sorted(list(watch.known)):
+            announced = worker.read_announcement(self.options.job.parts_dir, pid)
+            entry = in_flight.get(announced[0]) if announced else None
+            if announced and entry is not None:
+                found.append(WorkerActivity.of(f"pid {pid}", entry[0], announced[1]))
+        return found
 
     def _new_pool(self) -> multiprocessing.pool.Pool:
         context = get_context(self.pool.start_method)
@@ -221,6 +241,7 @@ class ProcessExecutor:
         while True:
             pool = self._new_pool()
             watch = _Watch(pool, self.options.job.parts_dir, self.options.timeout)
+            self._watching = (schedule, watch)
             completed_before = schedule.completed
             try:
                 drive = self._drive_imap if imap else self._drive_async

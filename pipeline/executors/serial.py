@@ -7,7 +7,14 @@ from collections import deque
 from collections.abc import Iterator
 
 from pipeline import worker
-from pipeline.executors.base import Background, ExecutorOptions, OnOutcome, StopCheck, settle
+from pipeline.executors.base import (
+    Background,
+    ExecutorOptions,
+    OnOutcome,
+    StopCheck,
+    WorkerActivity,
+    settle,
+)
 from pipeline.models import Batch
 
 
@@ -28,6 +35,10 @@ class SerialExecutor:
 
     def close(self) -> None:
         """Nothing was started."""
+
+    def activity(self) -> list[WorkerActivity]:
+        """Nothing to tell: the tasks run in the thread that would tell it."""
+        return []
 
     def run(
         self,

@@ -24,6 +24,7 @@ from pipeline.store.ledger import TaskRow
 
 STATS_NAME = "stats.json"
 REPORT_NAME = "report.json"
+MALFORMED_NAME = "malformed.jsonl"
 RECORDS_NAMES = {"jsonl": "records.jsonl", "csv": "records.csv"}
 
 
@@ -32,6 +33,14 @@ def write_json(path: Path, value: Any) -> None:
         text = json.dumps(value, indent=2, ensure_ascii=False)
         handle.write(text.encode("utf-8", "backslashreplace"))  # lone surrogates -> \\udcXX
         handle.write(b"\n")
+
+
+def write_jsonl(path: Path, entries: Iterable[Any]) -> None:
+    """One compact JSON value a line, atomically (an empty file for no entries)."""
+    with atomic_writer(path) as handle:
+        for entry in entries:
+            text = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+            handle.write(text.encode("utf-8", "backslashreplace") + b"\n")
 
 
 MERGE_GROUP = 1024  # partials merged at a time: bounded memory, few merges

@@ -52,6 +52,11 @@ def pack_tasks(
         tuple(totals),
         next((r.part for _, r in done if r.part), None),
         row_id(task_ids),
+        tuple(
+            (task.path, task.compression, r.records_in, r.malformed, r.rejected)
+            for task, r in done
+            if r.malformed
+        ),
     )
 
 

@@ -175,6 +175,7 @@ def test_nothing_is_written_outside_output_dir(tmp_path: Path) -> None:
         "records.jsonl",
         "stats.json",
         "report.json",
+        "malformed.jsonl",
     }
 
     text = (out / "records.jsonl").read_bytes().decode("utf-8")

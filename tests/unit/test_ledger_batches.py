@@ -261,8 +261,8 @@ def test_live_stats_count_a_packed_batch_once() -> None:
 
 
 class _NoLock:
-    def __enter__(self) -> None:
-        return None
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return True
 
-    def __exit__(self, *exc: object) -> None:
+    def release(self) -> None:
         return None

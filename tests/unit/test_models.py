@@ -45,6 +45,8 @@ def test_task_result_round_trips_every_field() -> None:
         error="boom",
         traceback="Traceback ...",
         packed=PackedTasks(frozenset({"t", "u"}), "[]", {"n": 6}, b"/a", (2, 1), "p.jsonl", "r"),
+        rejected=((10, "regex did not match"),),
+        error_at=11,
     )
     defaults = TaskResult("t", ok=False)
     assert all(

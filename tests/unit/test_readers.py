@@ -421,22 +421,24 @@ def test_csv_quoted_newlines_and_positions(tmp_path: Path) -> None:
     )
     path = write(tmp_path, data)
     records, counters = read(make_task(path), fmt="csv")
+    # positions: the line where each row starts (quoted newlines and blank lines counted)
     assert records == [
-        (1, {"id": "1", "text": "multi\r\nline", "n": "5"}),
-        (2, {"id": "2", "text": 'with "quotes", comma', "n": "6"}),
-        (3, {"id": "3", "text": "lf\nand \u2028 sep", "n": "7"}),
-        (4, {"id": "4", "text": "short", "n": None}),  # fewer fields: None
+        (2, {"id": "1", "text": "multi\r\nline", "n": "5"}),
+        (4, {"id": "2", "text": 'with "quotes", comma', "n": "6"}),
+        (5, {"id": "3", "text": "lf\nand \u2028 sep", "n": "7"}),
+        (8, {"id": "4", "text": "short", "n": None}),  # fewer fields: None
     ]
     assert counters.records_in == 4
     assert counters.malformed == 0
     assert counters.bytes_read == len(data)
-    assert position_label("csv", make_task(path)) == "row"
+    assert position_label("csv", make_task(path)) == "line"
 
 
 def test_csv_extra_fields_are_malformed(tmp_path: Path) -> None:
     path = write(tmp_path, b"a,b\n1,2\n3,4,5\n6,7\n")
     records, counters = read(make_task(path), fmt="csv")
-    assert records == [(1, {"a": "1", "b": "2"}), (3, {"a": "6", "b": "7"})]
+    assert records == [(2, {"a": "1", "b": "2"}), (4, {"a": "6", "b": "7"})]
+    assert counters.rejected == [(3, "3 fields, the header has 2")]
     assert counters.records_in == 3
     assert counters.malformed == 1
 
@@ -445,8 +447,8 @@ def test_csv_undecodable_values_and_header(tmp_path: Path) -> None:
     path = write(tmp_path, b"k\xff,v\nok,1\n\xe9t\xe9,\xc3\n")
     records, counters = read(make_task(path), fmt="csv")
     assert records == [
-        (1, {"k\ufffd": "ok", "v": "1"}),
-        (2, {"k\ufffd": "\ufffdt\ufffd", "v": "\ufffd"}),
+        (2, {"k\ufffd": "ok", "v": "1"}),
+        (3, {"k\ufffd": "\ufffdt\ufffd", "v": "\ufffd"}),
     ]
     assert counters.undecodable == 1  # one record; the header is not a record
 
@@ -508,7 +510,7 @@ def test_compressed_round_trip(tmp_path: Path, compression: str) -> None:
 
     csv_path = write(tmp_path, compress(b'a,b\n1,"x\ny"\n'), f"in.csv.{compression}")
     records, _ = read(make_task(csv_path, compression=compression), fmt="csv")
-    assert records == [(1, {"a": "1", "b": "x\ny"})]
+    assert records == [(2, {"a": "1", "b": "x\ny"})]
 
     blob = os.urandom(5000)
     blob_path = write(tmp_path, compress(blob), f"in.bin.{compression}")
@@ -543,7 +545,7 @@ def test_position_labels(tmp_path: Path) -> None:
     path = write(tmp_path, b"")
     assert position_label("lines", make_task(path)) == "byte offset"
     assert position_label("jsonl", make_task(path, 0, 0)) == "byte offset"
-    assert position_label("csv", make_task(path)) == "row"
+    assert position_label("csv", make_task(path)) == "line"
 
 
 # --- a block decoded at once == the same block line by line ---------------------------

@@ -315,7 +315,7 @@ def test_csv_failure_names_the_row(parts_dir: Path, tmp_path: Path, plugin) -> N
         job(parts_dir, format="csv", steps=({"call": f"{module}:check"},), stats={})
     ).run(whole_task(path))
     assert not result.ok
-    assert result.error.startswith(f"{path}: record at row 3: KeyError")
+    assert result.error.startswith(f"{path}: line 4: KeyError")
     assert leftovers(parts_dir) == [] and os.listdir(parts_dir) == [parts.TMP_DIR]
 
 
