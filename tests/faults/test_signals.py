@@ -523,6 +523,9 @@ def test_first_signal_drains_commits_and_resumes(
     report = assert_interrupted(out, code, baseline)
     assert report["tasks"]["skipped"] == 0
     assert report["tasks"]["done"] > 0
+    assert report["complete"] is False
+    pending = report["tasks"]["pending"]
+    assert f"interrupted: {pending} task(s) pending; run again to resume" in result.stderr
 
     resume_and_check(harness, config, out, baseline, done_before=report["tasks"]["done"])
 
