@@ -55,7 +55,7 @@ from itertools import compress
 from operator import itemgetter
 from typing import Any
 
-from pipeline.columns import all_ints
+from pipeline.columns import IntColumn, all_ints
 from pipeline.conditions import ColumnCondition, compile_column_condition, compile_condition
 
 KINDS: tuple[str, ...] = ("count", "sum", "min", "max", "mean", "count_by", "top")
@@ -132,6 +132,7 @@ class _Sum:
             self.floats.append(float(value))
 
     def add_values(self, values: list[Any]) -> None:
+        values = _without_none(values)
         if all_ints(values):
             self.total_int += sum(values)
             self.n_int += len(values)
@@ -221,6 +222,7 @@ class _MinMax:
                 self.text = text
 
     def add_values(self, values: list[Any]) -> None:
+        values = _without_none(values)
         if values and all_ints(values):  # ints: one comparison
             best = max(values) if self.better is _greater else min(values)
             if self.num is None or self.better(best, self.num):
@@ -255,26 +257,59 @@ class _CountBy:
             key = str(value)
         elif value is None:
             key = "null"
+        elif t is bool:
+            key = "true" if value else "false"
         else:
             key = value_key(value)
         counts = self.counts
         counts[key] = counts.get(key, 0) + 1
 
     def add_values(self, values: list[Any]) -> None:
-        # 1, 1.0 and True hash alike: never mixed here
-        if all_ints(values) or set(map(type, values)) <= {str}:
-            counts = self.counts
-            for value, n in Counter(values).items():
-                key = value if type(value) is str else str(value)
-                counts[key] = counts.get(key, 0) + n
+        counts = self.counts
+        types = {int} if type(values) is IntColumn else set(map(type, values))
+        if types <= {int} or types <= {str}:
+            distinct: Iterable[tuple[Any, int]] = Counter(values).items()
+        elif types <= _TYPED_KEYS:
+            # 1 and True hash alike but have different keys: count by (type, value)
+            typed = Counter(zip(map(type, values), values, strict=True))
+            distinct = ((value, n) for (_t, value), n in typed.items())
+        else:  # floats (0.0 and -0.0 are equal, their keys are not), anything else
+            for value in values:
+                key = _key_of(value)
+                counts[key] = counts.get(key, 0) + 1
             return
-        add = self.add
-        field = self.field
-        for value in values:
-            add({field: value})
+        for value, n in distinct:
+            key = _key_of(value)
+            counts[key] = counts.get(key, 0) + n
 
     def partial(self) -> dict[str, int]:
         return dict(self.counts)
+
+
+# Types whose equal values (within one type) always have the same ``count_by`` key.
+_TYPED_KEYS = frozenset({int, str, bool, type(None)})
+
+
+def _key_of(value: Any) -> str:
+    """``value_key``, short-cut for the usual scalar types (as ``_CountBy.add`` does)."""
+    t = type(value)
+    if t is str:
+        return value
+    if t is int:
+        return str(value)
+    if value is None:
+        return "null"
+    if t is bool:
+        return "true" if value else "false"
+    return value_key(value)
+
+
+def _without_none(values: list[Any]) -> list[Any]:
+    """The values a ``sum``/``min``/``max`` can take from a column: ``None`` (a null or a
+    missing field) is skipped, so a column of ints with nulls keeps the whole-column route."""
+    if type(values) is not list or None not in values:
+        return values
+    return [value for value in values if value is not None]
 
 
 def value_key(value: Any) -> str:
@@ -390,6 +425,10 @@ class Aggregators:
                 self._column_filters[name] = compile_column_condition(where) if where else None
             except ValueError as exc:
                 raise ValueError(f"stat {name!r}: where: {exc}") from exc
+        # per stat, for ``add_records``: its field (None: a plain count) and condition
+        self._record_layout = tuple(
+            (name, spec.get("field"), self._conditions[name]) for name, spec in self.specs.items()
+        )
         # per stat: how a task's accumulator is made and which method adds a record
         self._layout = tuple(
             (name, *_accumulator(spec["kind"], spec.get("field")), self._conditions[name])
@@ -426,6 +465,20 @@ class Aggregators:
                 keep = where(columns, rows)
                 values = list(compress(values, keep))
             acc.add_values(values)
+
+    def add_records(self, state: _State, records: list[Mapping[str, Any]]) -> None:
+        """Add a list of records, stat by stat: the same result as ``add`` record by
+        record, at a fraction of the cost (one pass of C-level list building per stat,
+        then the whole-column routes of ``add_values``). A missing field reads as None,
+        which every kind treats as a null; ``where`` is evaluated per record, as ``add``
+        does, so a missing field still makes it false."""
+        for name, field, condition in self._record_layout:
+            chosen = records if condition is None else list(filter(condition, records))
+            acc = state.accumulators[name]
+            if field is None:
+                acc.n += len(chosen)  # a plain count
+            else:
+                acc.add_values([record.get(field) for record in chosen])
 
     def partials(self, state: _State) -> dict[str, Any]:
         return {name: acc.partial() for name, acc in state.accumulators.items()}

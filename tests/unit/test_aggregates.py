@@ -474,3 +474,48 @@ def test_sum_partials_leave_zero_keys_out_and_read_the_full_form_too() -> None:
     assert merge_partials(specs, ints, old) == merged
     assert finalize(specs, merged) == {"s": 12, "m": 4.0}
     assert finalize(specs, merge_many(specs, [floats, old]))["s"] == math.inf
+
+
+# --- whole lists of records ------------------------------------------------------------
+
+values_or_lists = st.one_of(values, st.lists(st.integers(0, 2), max_size=2))
+mixed_records = st.lists(
+    st.fixed_dictionaries({}, optional={"a": values_or_lists, "b": values}), max_size=60
+)
+
+
+def partial_text(partials: dict) -> str:
+    """Partials as JSON text with every dict's keys sorted: key order is not a result."""
+    return json.dumps(partials, sort_keys=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records=mixed_records, cut=st.integers(0, 60))
+def test_add_records_equals_add_record_by_record(records: list[dict], cut: int) -> None:
+    aggs = Aggregators(SPECS)
+    one_by_one, listed = aggs.new_state(), aggs.new_state()
+    for record in records:
+        aggs.add(one_by_one, record)
+    aggs.add_records(listed, records[:cut])  # in two lists: state carries over
+    aggs.add_records(listed, records[cut:])
+    assert partial_text(aggs.partials(listed)) == partial_text(aggs.partials(one_by_one))
+
+
+def test_count_by_of_a_list_keeps_equal_values_of_other_types_apart() -> None:
+    """1, 1.0 and True are equal in Python, and so are 0.0 and -0.0: their keys are not."""
+    records = [{"a": v} for v in (1, 1.0, True, 0.0, -0.0, 0, False, None, "1", float("nan"))]
+    records.append({})
+    aggs = Aggregators({"by": spec("count_by", "a")})
+    state = aggs.new_state()
+    aggs.add_records(state, records)
+    assert aggs.partials(state)["by"] == {
+        "1": 2,  # the int 1 and the string "1" share a key, by design
+        "1.0": 1,
+        "true": 1,
+        "0.0": 1,
+        "-0.0": 1,
+        "0": 1,
+        "false": 1,
+        "null": 2,
+        "NaN": 1,
+    }
