@@ -55,7 +55,16 @@ JOB_TITLES = {
     "B": "B: access-log stats, gzipped files",
     "C": "C: lines, words and bytes of many small files",
     "D": "D: no-op over many tiny files (framework overhead)",
+    "E": "E: job A as users write it: 9-group regex, types, a call per line",
+    "F": "F: job B as users write it: 9-group regex, types, a call per line",
+    "G": "G: job C as users write it: a call per line counting words",
+    "H": "H: the fast path on the realistic line: 9-group regex, types with nulls",
 }
+USER_JOBS = "EFGH"  # measured against the hand-written dicts and bytes scripts
+DICTS = "raw Pool, dicts + plugin"  # the pipeline's per-record work, by hand
+BYTES = "raw Pool, bytes"  # the regex on bytes, no dicts: the practical limit
+BATCH_CONFIG = BENCH / "configs" / "job_e_batch.yaml"
+BATCH_LABEL = "batch call"  # ends the name of job E's batch-plugin row
 
 
 @dataclasses.dataclass
@@ -181,10 +190,13 @@ def pipeline_impl(
     submit: str,
     out: Path | None = None,
     full: bool = True,
+    config: Path | None = None,
+    label: str = "",
 ) -> Impl:
-    """The pipeline CLI on ``bench/configs/job_<job>.yaml``; output into the run's own
-    folder (``out``: a given one), with ``--full`` unless ``full`` is False."""
-    config = BENCH / "configs" / f"job_{job.lower()}.yaml"
+    """The pipeline CLI on ``config`` (default ``bench/configs/job_<job>.yaml``); output
+    into the run's own folder (``out``: a given one), with ``--full`` unless ``full`` is
+    False; ``label`` is added to the name."""
+    config = config or BENCH / "configs" / f"job_{job.lower()}.yaml"
     keys = list(common.empty_answer(job))
 
     def argv(run_dir: Path) -> list[str]:
@@ -217,10 +229,40 @@ def pipeline_impl(
         name = f"pipeline dask w{workers} (local cluster)"
     else:
         name = f"pipeline {executor} w{workers} {submit}"
+    name += f" {label}" if label else ""
     return Impl(name, "pipeline", workers, argv, parse, env={"BENCH_DATA": str(data)})
 
 
-def pipeline_impls(job: str, data: Path, workers: int) -> list[Impl]:
+def batch_call_unsupported() -> str | None:
+    """Why the batch-plugin row of job E cannot run (``pipeline validate`` rejects its
+    config: this pipeline has no ``call: {function, batch: true}``), or None."""
+    proc = subprocess.run(
+        [PY, "-m", "pipeline", "validate", str(BATCH_CONFIG)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode == 0:
+        return None
+    lines = (proc.stderr or proc.stdout).strip().splitlines()
+    return lines[-1] if lines else f"pipeline validate exited {proc.returncode}"
+
+
+def pipeline_impls(job: str, data: Path, workers: int, batch: bool = False) -> list[Impl]:
+    """The pipeline's rows of a job; jobs E-H: the pool with every worker and with one,
+    and in-process; with ``batch``, job E's plugin in the batch form too."""
+    if job in USER_JOBS:
+        impls = [pipeline_impl(job, data, "process", n, "async") for n in sorted({workers, 1})]
+        impls.reverse()
+        if batch and job == "E":
+            impls.insert(
+                1,
+                pipeline_impl(
+                    job, data, "process", workers, "async", config=BATCH_CONFIG, label=BATCH_LABEL
+                ),
+            )
+        return [*impls, pipeline_impl(job, data, "serial", 1, "async")]
     impls = [
         pipeline_impl(job, data, "process", n, submit)
         for n in sorted({1, workers})
@@ -232,10 +274,17 @@ def pipeline_impls(job: str, data: Path, workers: int) -> list[Impl]:
 
 
 def baseline_impls(job: str, data: Path, workers: int) -> list[Impl]:
-    def script(name: str, n: int) -> Callable[[Path], list[str]]:
+    def script(name: str, n: int, kernel: str = "dicts") -> Callable[[Path], list[str]]:
         path = str(BASELINES / f"{name}.py")
-        return lambda _run_dir: [PY, path, "--job", job, "--data", str(data), "--workers", str(n)]
+        options = ["--data", str(data), "--workers", str(n), "--kernel", kernel]
+        return lambda _run_dir: [PY, path, "--job", job, *options]
 
+    if job in USER_JOBS:  # the plain loop (the reference answer) does the dicts' work
+        return [
+            Impl("plain loop", "baseline", 1, script("plain_loop", 1), json_lines),
+            Impl(DICTS, "baseline", workers, script("raw_pool", workers), json_lines),
+            Impl(BYTES, "baseline", workers, script("raw_pool", workers, "bytes"), json_lines),
+        ]
     impls = [
         Impl("plain loop", "baseline", 1, script("plain_loop", 1), json_lines),
         Impl(
@@ -408,9 +457,10 @@ def gzip_size(path: str) -> int:
 
 
 def prepare(job: str, params: dict[str, int], seed: int) -> Dataset:
-    folder = generate.ensure(job, seed, **params)
+    """The data of ``job`` (E-H: of the job whose data they read), generated if needed."""
+    folder = generate.ensure(common.data_job(job), seed, **params)
     files = common.input_files(job, folder)
-    if job == "B":
+    if common.data_job(job) == "B":
         size = sum(gzip_size(f) for f in files)
     else:
         size = sum(os.path.getsize(f) for f in files)
@@ -490,24 +540,31 @@ def mib(kib: float | None) -> str:
 
 def job_table(result: JobResult) -> list[str]:
     data = result.data
-    per_file = data.job in ("C", "D")
+    per_file = common.data_job(data.job) in ("C", "D")
     unit = "files/s" if per_file else "MB/s"
     medians = result.wall_medians()
-    raw = medians.get("raw Pool.imap_unordered")
+    # Each row's wall time against these rows': the raw Pool for A-D; for E-H, the
+    # hand-written script doing the same per-record work, and the bytes one.
+    refs = [("× dicts", DICTS), ("× bytes", BYTES)] if data.job in USER_JOBS else []
+    refs = refs or [("× raw Pool", "raw Pool.imap_unordered")]
     lines = [
-        f"| implementation | workers | median wall s | {unit} | × raw Pool | CPU s "
-        "| peak RSS main MiB | peak RSS max MiB | answer |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
+        f"| implementation | workers | median wall s | {unit} | "
+        + "".join(f"{title} | " for title, _ in refs)
+        + "CPU s | peak RSS main MiB | peak RSS max MiB | answer |",
+        "|---|--:|--:|--:|" + "--:|" * len(refs) + "--:|--:|--:|---|",
     ]
     for impl in result.impls:
         runs = result.samples[impl.name]
         errors = [s.error for s in runs if s.error]
         if errors:
-            lines.append(f"| {impl.name} | {impl.workers} | failed: {errors[0]} ||||||")
+            empty = "|" * (5 + len(refs))
+            lines.append(f"| {impl.name} | {impl.workers} | failed: {errors[0]} {empty}")
             continue
         wall = medians[impl.name]
         rate = len(data.files) / wall if per_file else data.size / 1e6 / wall
-        ratio = f"{wall / raw:.2f}" if raw else "—"
+        ratio = " | ".join(
+            f"{wall / medians[name]:.2f}" if name in medians else "—" for _, name in refs
+        )
         cpu = statistics.median(s.cpu for s in runs)
         mains = [s.rss_main_kib for s in runs if s.rss_main_kib is not None]
         main = max(mains) if mains else None
@@ -532,6 +589,8 @@ def pipeline_vs_raw(result: JobResult) -> str | None:
     """One line: the pipeline's best process variant and its serial executor against the
     raw Pool, and what a second worker buys the pipeline."""
     ok = result.wall_medians()
+    if result.data.job in USER_JOBS:
+        return user_job_line(result)
     raw = ok.get("raw Pool.imap_unordered")
     process = [n for n in ok if n.startswith("pipeline process")]
     if raw is None or not process:
@@ -550,6 +609,66 @@ def pipeline_vs_raw(result: JobResult) -> str | None:
         extra_ms = (ok[best] - raw) / len(result.data.files) * 1000
         text += f"; {extra_ms:+.2f} ms of wall time per file over raw Pool"
     return text
+
+
+# Issue 14's targets for jobs E-H, as (against, at most) on wall time.
+TARGETS = {
+    "E": (DICTS, 1.0),
+    "F": (DICTS, 1.0),
+    "G": (DICTS, 1.0),
+    "H": (BYTES, 1.0),
+}
+
+
+def user_job_line(result: JobResult) -> str | None:
+    """Jobs E-H: the pipeline's process rows against the dicts and bytes scripts, and
+    the target the issue sets for the job."""
+    ok = result.wall_medians()
+    job = result.data.job
+    rows = [n for n in ok if n.startswith("pipeline process")]
+    per_record = [n for n in rows if not n.endswith(BATCH_LABEL)]
+    if not per_record or DICTS not in ok or BYTES not in ok:
+        return None
+    parts = [
+        f"{name} {ok[name] / ok[DICTS]:.2f}× dicts, {ok[name] / ok[BYTES]:.2f}× bytes"
+        for name in rows
+    ]
+    against, limit = TARGETS[job]
+    # The target is for the call as users write it: the batch form is shown, not judged.
+    best = min(per_record, key=ok.__getitem__)
+    ratio = ok[best] / ok[against]
+    verdict = "met" if ratio <= limit else "NOT met"
+    short = "dicts" if against == DICTS else "bytes"
+    return (
+        f"job {job}: {'; '.join(parts)} (target: at most {limit:.1f}× {short}: {verdict}, "
+        f"{ratio:.2f}×)"
+    )
+
+
+def user_jobs_summary(results: list[JobResult]) -> list[str]:
+    """The issue's table: each job as a user writes it, the pipeline (its best process
+    row, and the batch-plugin row) against the bytes script and the dicts script."""
+    lines = [
+        "| job, as a user writes it | pipeline s | bytes script s (pipeline ×) "
+        "| dicts script s (pipeline ×) |",
+        "|---|--:|--:|--:|",
+    ]
+    for result in results:
+        ok = result.wall_medians()
+        job = result.data.job
+        rows = [n for n in ok if n.startswith("pipeline process")]
+        if job not in USER_JOBS or not rows or DICTS not in ok or BYTES not in ok:
+            continue
+        plain = [n for n in rows if not n.endswith(BATCH_LABEL)]
+        picks = [min(plain, key=ok.__getitem__)] if plain else []
+        picks += [n for n in rows if n.endswith(BATCH_LABEL)]
+        for name in picks:
+            wall = ok[name]
+            lines.append(
+                f"| {JOB_TITLES[job]} ({name}) | {wall:.2f} | {ok[BYTES]:.2f} "
+                f"({wall / ok[BYTES]:.2f}×) | {ok[DICTS]:.2f} ({wall / ok[DICTS]:.2f}×) |"
+            )
+    return lines if len(lines) > 2 else []
 
 
 # --- extras: incremental re-run and memory -----------------------------------------------
@@ -793,8 +912,14 @@ NOTES = """\
   pipeline by `bench/pipeline_main.py`, which runs the same CLI in-process); for native
   tools it is their single process; for GNU parallel it is unknown (—).
 - Answers: every run's answer is compared with the plain loop's (A, B: requests,
-  by_status, bytes, errors_5xx; C: lines, words, bytes; D: records). `cat`, `wc -l`,
-  `grep -c` and `gzip -dc` compute something else: they are the physical limit only.
+  by_status, bytes, errors_5xx; C: lines, words, bytes; D: records; E, F: those of A and
+  by_client, over the 9-group regex with `-` bytes as null; G: lines, words, bytes; H:
+  those of A over the 9-group regex). For E-H the plain loop does the dicts script's work.
+  `cat`, `wc -l`, `grep -c` and `gzip -dc` compute something else: they are the physical
+  limit only.
+- Jobs E-H: "× dicts" is a row's wall time over the hand-written Pool script that does the
+  pipeline's per-record work through dicts and the same plugin function; "× bytes" over
+  the one that matches the regex on bytes and builds no dict (`baselines/user_jobs.py`).
 - The page cache is warm (every input is read once before the first run), and the
   pipeline's modules are byte-compiled first, as `pip install` leaves them; the runs of
   each round go in a fixed order rotated by one per round.
@@ -832,7 +957,8 @@ def write_results(
         ]
     for result in results:
         data = result.data
-        size = f"{data.size / 2**20:,.0f} MiB" + (" uncompressed" if data.job == "B" else "")
+        gz = common.data_job(data.job) == "B"
+        size = f"{data.size / 2**20:,.0f} MiB" + (" uncompressed" if gz else "")
         out += [
             f"## Job {JOB_TITLES[data.job]}",
             "",
@@ -860,7 +986,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--jobs", default="A,B,C,D", help="comma-separated, of A B C D")
+    parser.add_argument(
+        "--jobs",
+        default=",".join(common.JOBS),
+        help="comma-separated, of A-H (E-H: A, B, C as users write them, and the fast path "
+        "on the realistic line)",
+    )
     parser.add_argument("--repeat", type=int, help="runs per implementation (default 3)")
     parser.add_argument(
         "--quick",
@@ -920,8 +1051,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             is_size = key.startswith("size")
             setattr(args, key, generate.parse_size(value) if is_size else value)
     args.jobs = [j.strip().upper() for j in args.jobs.split(",") if j.strip()]
-    if not set(args.jobs) <= set("ABCD") or args.repeat < 1 or args.workers < 1:
-        parser.error("--jobs takes A, B, C, D; --repeat and --workers must be >= 1")
+    if not set(args.jobs) <= set(common.JOBS) or args.repeat < 1 or args.workers < 1:
+        parser.error("--jobs takes A to H; --repeat and --workers must be >= 1")
     args.load_start = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     args.source_start = pipeline_source()
     return args
@@ -957,17 +1088,22 @@ def main(argv: list[str] | None = None) -> int:
             "start-up per file): timed on a sample and scaled (below); `-X` batches the "
             "files in the tables"
         )
+    no_batch = batch_call_unsupported() if "E" in args.jobs else None
+    if no_batch:
+        skipped.append(f"job E's batch-plugin row (`{BATCH_CONFIG.name}`): {no_batch}")
     for line in skipped:
         print(f"skipped: {line}", flush=True)
     only = [w.strip().lower() for w in args.only.split(",") if w.strip()]
     results = []
     for job in args.jobs:
-        data = prepare(job, generate.params_for(job, args), args.seed)
+        data = prepare(job, generate.params_for(common.data_job(job), args), args.seed)
+        others = [] if job in USER_JOBS else native_impls(data)
+        if parallel and job not in USER_JOBS:
+            others = parallel_impls(data, args.workers, parallel) + others
         impls = [
-            *pipeline_impls(job, data.folder, args.workers),
+            *pipeline_impls(job, data.folder, args.workers, batch=not no_batch),
             *baseline_impls(job, data.folder, args.workers),
-            *(parallel_impls(data, args.workers, parallel) if parallel else []),
-            *native_impls(data),
+            *others,
         ]
         if only:
             impls = [
@@ -978,6 +1114,21 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
 
     extras: list[str] = []
+    summary = user_jobs_summary(results)
+    if summary:
+        extras += [
+            "## What users write (jobs E-H)",
+            "",
+            "Wall time, medians; the ratios are the pipeline's time over the script's. "
+            "Targets (issue 14): a `call` on every record at most 1.0× the dicts script "
+            "(aiming at 0.8×); the fast path at most 1.0× the bytes script.",
+            "",
+            *summary,
+            "",
+        ]
+        print("\n== what users write", flush=True)
+        for line in summary:
+            print(line)
     per_file = [r for r in results if r.data.job in "CD"] if parallel and not only else []
     if per_file:
         print("\n== GNU parallel, one job per file", flush=True)

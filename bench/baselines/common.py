@@ -11,6 +11,9 @@ is converted to the same form by ``bench/run.py``.
   (the generator writes only ``\\n`` endings and a final newline, so this equals the
   pipeline's per-line ``len(line.encode()) + 1``).
 - D (tiny files): ``{"records"}``, the number of lines.
+- E-H (what users write: a ``call`` on every record, the combined-format regex): see
+  ``user_jobs.py``; they read the data of A, B, C and A (``DATA_OF``), and take a
+  ``--kernel``: ``dicts`` (what the pipeline's API does per record) or ``bytes``.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ import resource
 import sys
 from collections import Counter
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import user_jobs
 
 BLOCK = 8 * 1024 * 1024  # bytes per range of job A: the pipeline's chunk_size too
 LOG_RE = re.compile(
@@ -35,6 +41,13 @@ LOG_RE = re.compile(
 
 Answer = dict[str, Any]
 Item = Any  # a str path, or a (path, start, end) range
+JOBS = "ABCDEFGH"
+DATA_OF = {"E": "A", "F": "B", "G": "C", "H": "A"}  # jobs E-H reuse the data of A-C
+
+
+def data_job(job: str) -> str:
+    """The job whose generated data ``job`` reads (itself for A-D)."""
+    return DATA_OF.get(job, job)
 
 
 # --- inputs ------------------------------------------------------------------------------
@@ -42,7 +55,7 @@ Item = Any  # a str path, or a (path, start, end) range
 
 def input_files(job: str, data: Path) -> list[str]:
     """The job's input files, sorted (the same set the pipeline's globs find)."""
-    pattern = {"A": "*.log", "B": "*.log.gz", "C": "**/*.txt", "D": "**/*.txt"}[job]
+    pattern = {"A": "*.log", "B": "*.log.gz", "C": "**/*.txt", "D": "**/*.txt"}[data_job(job)]
     return sorted(str(p) for p in data.glob(pattern) if p.is_file())
 
 
@@ -54,7 +67,7 @@ def ranges(path: str, block: int = BLOCK) -> list[tuple[str, int, int]]:
 def work_items(job: str, data: Path) -> list[Item]:
     """What goes to the workers: 8 MiB ranges for A, whole files otherwise."""
     files = input_files(job, data)
-    if job == "A":
+    if data_job(job) == "A":
         return [r for path in files for r in ranges(path)]
     return files
 
@@ -62,6 +75,11 @@ def work_items(job: str, data: Path) -> list[Item]:
 def chunksize(n_items: int, workers: int) -> int:
     """Items per message for whole-file jobs: about four batches per worker."""
     return max(1, n_items // (workers * 4))
+
+
+def items_per_message(job: str, n_items: int, workers: int) -> int:
+    """One range of a big file per message, ``chunksize`` whole files otherwise."""
+    return 1 if data_job(job) == "A" else chunksize(n_items, workers)
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -120,7 +138,10 @@ def count_lines(data: bytes) -> int:
     return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
 
 
-def process_bytes(job: str, data: bytes) -> Answer:
+def process_bytes(job: str, data: bytes, kernel: str = "dicts") -> Answer:
+    """The answer over ``data`` (whole lines or a whole file); ``kernel`` is for E-H."""
+    if job in DATA_OF:
+        return user_jobs.process(job, kernel, data)
     if job in ("A", "B"):
         return access_stats(data.decode("utf-8", "replace").split("\n"))
     if job == "C":
@@ -129,8 +150,8 @@ def process_bytes(job: str, data: bytes) -> Answer:
     return {"records": count_lines(data)}
 
 
-def process_item(job: str, item: Item) -> Answer:
-    return process_bytes(job, read_item(item))
+def process_item(job: str, item: Item, kernel: str = "dicts") -> Answer:
+    return process_bytes(job, read_item(item), kernel)
 
 
 # Top-level, one-argument task functions per job (picklable by reference everywhere).
@@ -153,6 +174,11 @@ def task_d(item: Item) -> Answer:
 TASKS = {"A": task_a, "B": task_b, "C": task_c, "D": task_d}
 
 
+def task_for(job: str, kernel: str = "dicts") -> Any:
+    """The one-argument task function of ``job`` (a ``partial``, picklable, for E-H)."""
+    return TASKS[job] if job in TASKS else partial(process_item, job, kernel=kernel)
+
+
 def merge(total: Answer, part: Answer) -> Answer:
     """Add ``part`` into ``total`` (numbers add up, nested dicts merge) and return it."""
     for key, value in part.items():
@@ -171,6 +197,8 @@ def merge_all(parts: Iterable[Answer]) -> Answer:
 
 
 def empty_answer(job: str) -> Answer:
+    if job in DATA_OF:
+        return {key: {} if key.startswith("by_") else 0 for key in user_jobs.JOB_KEYS[job]}
     if job in ("A", "B"):
         return {"requests": 0, "by_status": {}, "bytes": 0, "errors_5xx": 0}
     return {"lines": 0, "words": 0, "bytes": 0} if job == "C" else {"records": 0}
@@ -181,9 +209,15 @@ def empty_answer(job: str) -> Answer:
 
 def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--job", choices="ABCD", required=True)
+    parser.add_argument("--job", choices=JOBS, required=True)
     parser.add_argument("--data", type=Path, required=True, help="the job's data folder")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument(
+        "--kernel",
+        choices=user_jobs.KERNELS,
+        default="dicts",
+        help="jobs E-H: per record through dicts and the plugin, or on bytes (A-D: one way)",
+    )
     return parser.parse_args(argv)
 
 
