@@ -40,6 +40,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -289,6 +290,32 @@ class TypesStep(_Model):
         return {"fields": value}
 
 
+class CallStep(_Model):
+    """``call: module:function`` or ``call: {function: module:function, batch: true}``."""
+
+    function: Annotated[str, AfterValidator(_check_call_spec)]
+    batch: StrictBool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"function": _check_call_spec(value)}  # its error names ``call`` itself
+        if not isinstance(value, dict):
+            _fail(
+                "expected 'module:function' or {function: 'module:function', batch: true}, "
+                f"got {describe_value(value)}"
+            )
+        return value
+
+    def spec(self) -> str | dict[str, Any]:
+        """The string form unless batched: ``batch: false`` is the same step, same result
+        key."""
+        if self.batch:
+            return {"function": self.function, "batch": True}
+        return self.function
+
+
 class StepItem(_Model):
     """One item of ``steps:``: a mapping with exactly one key, the step's name."""
 
@@ -297,7 +324,7 @@ class StepItem(_Model):
     filter: Condition | None = None
     select: Annotated[list[str], Field(min_length=1)] | None = None
     rename: dict[str, str] | None = None
-    call: Annotated[str, AfterValidator(_check_call_spec)] | None = None
+    call: CallStep | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -335,6 +362,8 @@ class StepItem(_Model):
             return {"regex": {"pattern": self.regex.pattern, "field": self.regex.field}}
         if self.types is not None:
             return {"types": {"fields": dict(self.types.fields), "nulls": list(self.types.nulls)}}
+        if self.call is not None:
+            return {"call": self.call.spec()}
         kind = self.kind
         return {kind: copy.deepcopy(getattr(self, kind))}
 
@@ -585,7 +614,7 @@ class PipelineConfig(_Model):
         for i, step in enumerate(cfg.steps):
             if step.call is not None:
                 try:
-                    import_callable(step.call, path.parent)
+                    import_callable(step.call.function, path.parent)
                 except ConfigError as exc:
                     raise ConfigError(f"{source}: steps[{i}].call: {exc}") from None
         return cfg

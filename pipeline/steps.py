@@ -46,6 +46,18 @@ Step semantics (normalised specs, one key each):
     on each, in order). Any other return raises ``TypeError``. An exception from the
     function propagates (the task fails) except ``pipeline.errors.MalformedRecord``, which
     counts the record as malformed: a plugin's way to reject bad input.
+``call {function: "module:function", batch: true}``
+    Calls the user's function with a list of records (those that reached the step, in
+    input order, about ``BATCH_RECORDS`` at a time and never across two tasks); it
+    returns a list (or any iterable) of records, in the order the following steps get
+    them: fewer drops, more fans out. An item may be a ``MalformedRecord`` instance: one
+    malformed record, with its message as the reason. Raising ``MalformedRecord`` fails
+    the task instead (a batch has no one record to blame), as does any other exception,
+    a return that is not an iterable, or an item that is neither. Steps before the call
+    run record by record; so do the ones after it, on each record it returned.
+    ``compile_stages`` compiles such a chain; a worker feeds it batches. Where a record
+    rejected after a batch call comes from is not known: it is reported at the batch's
+    first record. With ``batch: false`` the mapping form is the string form.
 """
 
 from __future__ import annotations
@@ -53,7 +65,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline.conditions import compile_condition
 from pipeline.errors import MalformedRecord
@@ -61,6 +73,7 @@ from pipeline.errors import MalformedRecord
 STEP_NAMES: tuple[str, ...] = ("regex", "types", "filter", "select", "rename", "call")
 
 Chain = Callable[[dict], tuple[list[dict], int]]
+Feed = Callable[[dict, list[dict]], int]  # a chain appending its records to a list
 _Step = Callable[[dict], Any]
 
 
@@ -102,10 +115,29 @@ def compile_steps(specs: Sequence[Mapping[str, Any]], reasons: list[str] | None 
     """Compile the normalised step specs into one ``record -> (records_out, n_malformed)``.
 
     ``reasons``: a list the chain appends each malformed record's reason to (the caller
-    empties it); only a rejected record pays for it."""
+    empties it); only a rejected record pays for it. A batch ``call`` cannot run record
+    by record: chains with one go through :func:`compile_stages`."""
+    for position, spec in enumerate(specs):
+        if is_batch_call(spec):
+            raise ValueError(f"step {position + 1}: a batch call needs compile_stages")
+    return _compile_chain(specs, reasons, first=0, then_more=False)[0]
+
+
+def _compile_chain(
+    specs: Sequence[Mapping[str, Any]],
+    reasons: list[str] | None,
+    *,
+    first: int,
+    then_more: bool,
+) -> tuple[Chain, Feed]:
+    """The per-record chain of ``specs``, which are steps ``first + 1..`` of the config
+    (for messages), in both forms; ``then_more``: other steps follow the chain (a batch
+    call), so its fanned-out records must be copies as much as if a per-record step
+    followed."""
     total = len(specs)
     fns: tuple[_Step, ...] = tuple(
-        _compile_step(position, spec, total) for position, spec in enumerate(specs)
+        _compile_step(first + i, spec, resume=i + 1, copy=then_more or i + 1 < total)
+        for i, spec in enumerate(specs)
     )
 
     def run_from(start: int, record: dict, out: list[dict]) -> int:
@@ -144,10 +176,20 @@ def compile_steps(specs: Sequence[Mapping[str, Any]], reasons: list[str] | None 
                 return out, malformed
         return [record], 0
 
-    return chain
+    def feed(record: dict, out: list[dict]) -> int:
+        for fn in fns:
+            record = fn(record)
+            if type(record) is not dict:
+                return _settle(record, out)
+        out.append(record)
+        return 0
+
+    return chain, feed
 
 
-def _compile_step(position: int, spec: Mapping[str, Any], total: int) -> _Step:
+def _compile_step(position: int, spec: Mapping[str, Any], *, resume: int, copy: bool) -> _Step:
+    """Step ``position + 1`` of the config; a fan-out resumes the chain at ``resume`` and
+    is copied record by record when ``copy``."""
     if not isinstance(spec, Mapping) or len(spec) != 1:
         raise ValueError(f"step {position + 1}: expected a mapping with one key, got {spec!r}")
     ((name, arg),) = spec.items()
@@ -163,7 +205,7 @@ def _compile_step(position: int, spec: Mapping[str, Any], total: int) -> _Step:
     if name == "rename":
         return _rename_step(where, arg)
     if name == "call":
-        return _call_step(where, arg, resume=position + 1, total=total)
+        return _call_step(where, arg, resume=resume, copy=copy)
     raise ValueError(f"step {position + 1}: unknown step {name!r}; expected one of {STEP_NAMES}")
 
 
@@ -374,15 +416,13 @@ def load_callable(ref: str) -> Callable[[Any], Any]:
     return target
 
 
-def _call_step(where: str, arg: Any, *, resume: int, total: int) -> _Step:
-    if not isinstance(arg, str):
-        raise ValueError(f"{where}: expected 'module:function', got {arg!r}")
+def _call_step(where: str, arg: Any, *, resume: int, copy: bool) -> _Step:
+    """``copy``: later steps mutate in place, so each fanned-out record gets its own dict."""
+    name, _ = call_target(where, arg)
     try:
-        func = load_callable(arg)
+        func = load_callable(name)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from exc
-    name = arg
-    copy = resume < total  # later steps mutate in place: give each fanned-out record its own dict
 
     def call(record: dict) -> Any:
         try:
@@ -420,3 +460,144 @@ def _as_record(name: str, item: Any) -> dict:
         f"{name} returned an iterable containing a {type(item).__name__}; "
         "each fanned-out record must be a mapping"
     )
+
+
+# --- call, batch form ----------------------------------------------------------------------
+
+BATCH_RECORDS = 1000
+"""How many records the first batch ``call`` of a chain is handed at once (more only when
+one record's fan-out before it crosses the mark; fewer at a task's end); a later one gets
+what the steps between made of such a batch. Enough to spread the cost of a call (and of
+whatever the function sets up per batch) over many records, few enough to keep a
+worker's memory small. A number of records, not of bytes or workers, and a batch never
+spans two tasks: batches do not depend on the worker count."""
+
+BatchCall = Callable[[list[dict]], tuple[list[dict], int]]
+
+
+def call_target(where: str, arg: Any) -> tuple[str, bool]:
+    """``(module:function, batch)`` of a normalised ``call`` argument: the string form, or
+    ``{function, batch}``."""
+    if isinstance(arg, str):
+        return arg, False
+    if (
+        isinstance(arg, Mapping)
+        and "function" in arg
+        and set(arg) <= {"function", "batch"}
+        and isinstance(arg["function"], str)
+        and type(arg.get("batch", False)) is bool
+    ):
+        return arg["function"], arg.get("batch", False)
+    raise ValueError(f"{where}: expected 'module:function' or {{function, batch}}, got {arg!r}")
+
+
+def is_batch_call(spec: Any) -> bool:
+    """Whether a normalised step is a ``call`` with ``batch: true``."""
+    if not isinstance(spec, Mapping) or len(spec) != 1 or "call" not in spec:
+        return False
+    arg = spec["call"]
+    return isinstance(arg, Mapping) and arg.get("batch") is True
+
+
+class BatchStage(NamedTuple):
+    """A batch ``call`` and the per-record steps after it, up to the next batch call."""
+
+    call: BatchCall  # records in -> (records out, malformed count)
+    after: Feed | None  # None: no per-record step follows
+    where: str  # "step N (call module:function, batch)", for messages
+
+
+class Stages(NamedTuple):
+    """A step chain cut at its batch calls: what runs record by record before the first,
+    then each batch call with the per-record steps after it."""
+
+    chain: Chain  # the steps before the first batch call (all of them when there is none)
+    head: Feed  # the same steps, appending to a batch
+    head_steps: int  # how many: 0 lets a caller skip calling an empty head
+    batches: tuple[BatchStage, ...]
+
+
+def compile_stages(specs: Sequence[Mapping[str, Any]], reasons: list[str] | None = None) -> Stages:
+    """Compile ``specs`` like :func:`compile_steps`, cut at the batch calls.
+
+    Running a batch of records (in input order) through ``head`` record by record, then
+    each batch stage's ``call`` on the list and its ``after`` on each record it returned,
+    gives the records and malformed counts the per-record form gives, when each batch
+    function does to every record what its per-record form would."""
+    cuts = [i for i, spec in enumerate(specs) if is_batch_call(spec)]
+    ends = [*cuts, len(specs)]
+    chain, head = _compile_chain(specs[: ends[0]], reasons, first=0, then_more=bool(cuts))
+    batches = []
+    for k, cut in enumerate(cuts):
+        after_specs = specs[cut + 1 : ends[k + 1]]
+        after = None
+        if after_specs:
+            then_more = ends[k + 1] < len(specs)
+            _, after = _compile_chain(after_specs, reasons, first=cut + 1, then_more=then_more)
+        name, _ = call_target(f"step {cut + 1} (call)", specs[cut]["call"])
+        where = f"step {cut + 1} (call {name}, batch)"
+        call = _batch_call(where, name, reasons, copy=cut + 1 < len(specs))
+        batches.append(BatchStage(call, after, where))
+    return Stages(chain, head, ends[0], tuple(batches))
+
+
+_ONLY_DICTS = frozenset({dict})
+
+
+def _batch_call(where: str, name: str, reasons: list[str] | None, *, copy: bool) -> BatchCall:
+    """The checked call of a batch function. ``copy``: later steps mutate records in
+    place, so a dict returned twice in one batch is given to them as separate copies."""
+    try:
+        func = load_callable(name)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+    def call(records: list[dict]) -> tuple[list[dict], int]:
+        try:
+            result = func(records)
+            if type(result) is not list:
+                if isinstance(result, (str, bytes, bytearray, Mapping)) or not isinstance(
+                    result, Iterable
+                ):
+                    raise TypeError(
+                        f"{where}: returned {type(result).__name__}; expected a list "
+                        "(or another iterable) of records"
+                    )
+                result = list(result)  # a generator runs to its end before later steps
+        except MalformedRecord as exc:
+            raise ValueError(
+                f"{where}: raised MalformedRecord({str(exc)!r}); a batch function rejects a "
+                "record by putting a MalformedRecord in the list it returns"
+            ) from exc
+        malformed = 0
+        if not _ONLY_DICTS.issuperset(map(type, result)):
+            result, malformed = _batch_items(where, name, result, reasons)
+        if copy and len(set(map(id, result))) < len(result):
+            result = [dict(record) for record in result]
+        return result, malformed
+
+    return call
+
+
+def _batch_items(
+    where: str, name: str, items: list[Any], reasons: list[str] | None
+) -> tuple[list[dict], int]:
+    """A batch function's list with other items than dicts: mappings become dicts, each
+    ``MalformedRecord`` is one malformed record, anything else fails the task."""
+    records: list[dict] = []
+    malformed = 0
+    for i, item in enumerate(items):
+        if type(item) is dict:
+            records.append(item)
+        elif isinstance(item, Mapping):
+            records.append(dict(item))
+        elif isinstance(item, MalformedRecord):
+            malformed += 1
+            if reasons is not None:
+                reasons.append(_call_reason(name, item))
+        else:
+            raise TypeError(
+                f"{where}: item {i} of the list it returned is a {type(item).__name__}; "
+                "each item must be a record (a mapping) or a MalformedRecord"
+            )
+    return records, malformed

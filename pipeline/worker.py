@@ -91,7 +91,10 @@ class TaskRunner:
         self.job = job
         self.pid = os.getpid()  # built in the process that runs the tasks
         self.reasons: list[str] = []  # the chain's reasons for the record just rejected
-        self.chain = steps.compile_steps(job.steps, self.reasons)
+        # The chain cut at its batch calls; without one, ``head`` is the whole chain.
+        self.stages = steps.compile_stages(job.steps, self.reasons)
+        self.chain = self.stages.chain
+        self.batch_records = steps.BATCH_RECORDS
         self.aggregators = aggregates.Aggregators(job.stats)
         self.extremes = any(spec["kind"] in ("min", "max") for spec in job.stats.values())
         self.encode = make_encoder()
@@ -274,6 +277,9 @@ class _Sink:
 
     def consume(self, records: Iterator[tuple[int, dict[str, Any]]]) -> None:
         """Records one by one through the generic chain."""
+        if self.runner.stages.batches:
+            self._consume_batches(records)
+            return
         chain = self.runner.chain
         add = self.runner.aggregators.add
         state = self.state
@@ -292,6 +298,58 @@ class _Sink:
                     buffer.append(encode(out))
             if len(buffer) >= 4096:
                 self.flush()
+        self.position = None
+
+    def _consume_batches(self, records: Iterator[tuple[int, dict[str, Any]]]) -> None:
+        """Records through a chain with batch calls: the steps before the first one record
+        by record, then ``batch_records`` of their records at a time through the rest."""
+        stages = self.runner.stages
+        head = stages.head if stages.head_steps else None
+        size = self.runner.batch_records
+        batch: list[dict] = []
+        first = 0  # the position of the batch's first record, which its errors name
+        for position, record in records:
+            if not batch:
+                first = position  # until a record reaches the batch
+            if head is None:
+                batch.append(record)
+            else:
+                self.position = position
+                bad = head(record, batch)
+                if bad:
+                    self._reject(position, bad)
+            if len(batch) >= size:
+                self._through_batch_calls(batch, first)
+                batch = []
+        if batch:
+            self._through_batch_calls(batch, first)
+        self.position = None
+
+    def _through_batch_calls(self, batch: list[dict], first: int) -> None:
+        """One batch through the batch calls and the steps after each, then out. Which
+        record a later step rejects is not known: it is counted at the batch's first."""
+        self.position = first
+        for stage in self.runner.stages.batches:
+            batch, bad = stage.call(batch)
+            if bad:
+                self._reject(first, bad)
+            if stage.after is not None:
+                feed = stage.after
+                outs: list[dict] = []
+                for record in batch:
+                    bad = feed(record, outs)
+                    if bad:
+                        self._reject(first, bad)
+                batch = outs
+            if not batch:
+                break  # a later batch function is never called with no records
+        add = self.runner.aggregators.add
+        state = self.state
+        for record in batch:
+            add(state, record)
+        self.records_out += len(batch)
+        if self.handle is not None:
+            self.write(list(map(self.runner.encode, batch)))
         self.position = None
 
     def _reject(self, position: int, bad: int) -> None:

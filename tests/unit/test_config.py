@@ -351,6 +351,26 @@ BAD_CONFIGS = {
         ["execution.dashboard: expected where to serve it"],
     ),
     "call-format": (MINIMAL + "steps: [{call: nocolon}]\n", ["steps[0].call: expected 'module"]),
+    "call-mapping-format": (
+        MINIMAL + "steps: [{call: {function: nocolon, batch: true}}]\n",
+        ["steps[0].call.function: expected 'module:function', got 'nocolon'"],
+    ),
+    "call-unknown-key": (
+        MINIMAL + "steps: [{call: {function: 'm:f', batchh: true}}]\n",
+        ["steps[0].call.batchh: unknown key (did you mean 'batch'?)"],
+    ),
+    "call-batch-not-bool": (
+        MINIMAL + "steps: [{call: {function: 'm:f', batch: 'yes'}}]\n",
+        ["steps[0].call.batch: expected true or false, got a string 'yes'"],
+    ),
+    "call-without-function": (
+        MINIMAL + "steps: [{call: {batch: true}}]\n",
+        ["steps[0].call.function: required key is missing"],
+    ),
+    "call-a-list": (
+        MINIMAL + "steps: [{call: [m, f]}]\n",
+        ["steps[0].call: expected 'module:function' or {function: 'module:function', batch"],
+    ),
     "steps-not-a-list": (MINIMAL + "steps: {select: [a]}\n", ["steps: expected a list"]),
     "step-not-a-mapping": (MINIMAL + "steps: [select]\n", ["steps[0]: expected a mapping"]),
     "step-without-value": (MINIMAL + "steps: [{regex: }]\n", ["steps[0].regex"]),
@@ -742,6 +762,31 @@ def test_plugin_in_a_package(tmp_path: Path) -> None:
     )
     cfg = load(tmp_path, MINIMAL + "steps: [{call: 'tp_pkg.mod:Tools.fix'}]\n")
     assert cfg.step_specs()[0]["call"] == "tp_pkg.mod:Tools.fix"
+
+
+def test_call_mapping_form_and_batch(tmp_path: Path) -> None:
+    (tmp_path / "tp_batch_plugin.py").write_text("def f(records):\n    return records\n")
+    string = load(tmp_path, MINIMAL + "steps: [{call: 'tp_batch_plugin:f'}]\n")
+    per_record = load(
+        tmp_path, MINIMAL + "steps: [{call: {function: 'tp_batch_plugin:f', batch: false}}]\n"
+    )
+    short = load(tmp_path, MINIMAL + "steps: [{call: {function: 'tp_batch_plugin:f'}}]\n")
+    batch = load(
+        tmp_path, MINIMAL + "steps: [{call: {function: 'tp_batch_plugin:f', batch: true}}]\n"
+    )
+    # batch: false is the string form, down to the result key; batch: true is another job.
+    for same in (per_record, short):
+        assert same.step_specs() == string.step_specs() == ({"call": "tp_batch_plugin:f"},)
+        assert same.result_key() == string.result_key()
+    assert batch.step_specs() == ({"call": {"function": "tp_batch_plugin:f", "batch": True}},)
+    assert batch.result_key() != string.result_key()
+
+
+def test_batch_plugin_is_imported_by_validation(tmp_path: Path) -> None:
+    message = error_of(
+        tmp_path, MINIMAL + "steps: [{call: {function: 'tp_nowhere_b:f', batch: true}}]\n"
+    )
+    assert "steps[0].call: cannot import module 'tp_nowhere_b'" in message
 
 
 def test_missing_plugin_module(tmp_path: Path) -> None:
