@@ -327,7 +327,18 @@ def _types_step(where: str, arg: Any) -> _Step:
             value = record.get(field)  # missing stays missing, None stays None
             if value is None:
                 continue
-            if (type(value) is str or isinstance(value, str)) and value in nulls:
+            if type(value) is str:
+                if value in nulls:
+                    record[field] = None
+                    continue
+                # the usual case, inline: a str of digits to int (``_to_int`` without the call)
+                if kind == "int" and "_" not in value:
+                    try:
+                        record[field] = int(value)
+                        continue
+                    except ValueError:
+                        return _Malformed(types_reason(field, kind, value))
+            elif isinstance(value, str) and value in nulls:
                 record[field] = None
                 continue
             try:
