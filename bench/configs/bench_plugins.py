@@ -64,3 +64,9 @@ def line_counts(record: dict[str, Any]) -> dict[str, int]:
     in UTF-8, the newline included (the generator's files end every line with one)."""
     line: str = record["line"]
     return {"words": len(line.split()), "bytes": len(line.encode()) + 1}
+
+
+def same(record: dict[str, Any]) -> dict[str, Any]:
+    """A plugin that does nothing: bench/profile_call_path.py puts it at the end of a cut
+    chain so that every variant stays on the generic (``call``) path."""
+    return record
