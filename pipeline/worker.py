@@ -93,7 +93,6 @@ class TaskRunner:
         self.reasons: list[str] = []  # the chain's reasons for the record just rejected
         # The chain cut at its batch calls; without one, ``head`` is the whole chain.
         self.stages = steps.compile_stages(job.steps, self.reasons)
-        self.chain = self.stages.chain
         self.batch_records = steps.BATCH_RECORDS
         self.aggregators = aggregates.Aggregators(job.stats)
         self.extremes = any(spec["kind"] in ("min", "max") for spec in job.stats.values())
