@@ -419,3 +419,92 @@ def test_encoded_record_is_one_line_even_with_newlines_in_values() -> None:
     text = make_encoder()({"a": "x\ny\r", "b": None})
     assert "\n" not in text and "\r" not in text
     assert json.loads(text) == {"a": "x\ny\r", "b": None}
+
+
+# --- the generic path: a block split at once, or line by line -----------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pipeline import readers  # noqa: E402
+from pipeline.errors import MalformedRecord  # noqa: E402
+
+
+def reject_odd(record: dict) -> dict:
+    """A per-record plugin that rejects, drops and fans out by the record's status."""
+    status = record["status"]
+    if status % 7 == 0:
+        raise MalformedRecord(f"status {status} is not wanted")
+    if status % 5 == 0:
+        return None
+    if status % 3 == 0:
+        return [record, {**record, "copy": True}]
+    return record
+
+
+def explode_at(record: dict) -> dict:
+    if record["status"] == 999:
+        raise ValueError("999 is too much")
+    return record
+
+
+log_lines = st.lists(
+    st.one_of(
+        st.builds(
+            lambda s, b: f"10.0.0.{s % 9} {s} {b}", st.integers(100, 998), st.integers(0, 99)
+        ),
+        st.sampled_from(["garbage", "", "ünï 404 1", "1.1.1.1 abc 3", "x 999 1"]),
+    ),
+    max_size=60,
+)
+
+
+def run_both(parts_dir: Path, path: Path, steps: tuple, chunk: int, monkeypatch) -> tuple:
+    """The task results and parts with blocks decoded and split at once, and line by line
+    (the reference: no encoding is taken to split like its bytes)."""
+    outs = []
+    for line_by_line in (False, True):
+        with monkeypatch.context() as patched:
+            if line_by_line:
+                patched.setattr(readers, "BLOCK_SPLIT_ENCODINGS", frozenset())
+            runner = TaskRunner(job(parts_dir, steps=steps))
+            runner.block_size = 64
+            results = []
+            for task in range_tasks(path, chunk):
+                output = runner.execute(Batch.of((task,)))
+                result = output.results[0]
+                part = (parts_dir / result.part).read_bytes() if result.part else b""
+                results.append(
+                    (
+                        result.ok,
+                        result.error,
+                        result.records_in,
+                        result.records_out,
+                        result.malformed,
+                        result.rejected,
+                        json.dumps(result.partials, sort_keys=True),
+                        part,
+                    )
+                )
+            outs.append(results)
+    return outs[0], outs[1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=log_lines, chunk=st.sampled_from([40, 200, 10_000]), crlf=st.booleans())
+def test_a_block_split_at_once_gives_what_line_by_line_gives(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[str], chunk: int, crlf: bool
+) -> None:
+    folder = tmp_path_factory.mktemp("blocks")
+    parts_dir = folder / "parts"
+    parts.prepare(str(parts_dir))
+    path = folder / "in.log"
+    path.write_bytes(("\r\n" if crlf else "\n").join(lines).encode() + b"\n")
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        for plugin_fn in ("reject_odd", "explode_at"):
+            steps = (*LOG_STEPS[:2], {"call": f"tests.unit.test_worker:{plugin_fn}"})
+            blocks, line_by_line = run_both(parts_dir, path, steps, chunk, monkeypatch)
+            assert blocks == line_by_line
+    finally:
+        monkeypatch.undo()
