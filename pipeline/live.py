@@ -41,7 +41,6 @@ ADDRESS_NAME = "live.json"
 ADDRESS_MODE = 0o600  # it holds the Manager's key
 LOCK_WAIT_S = 1.0  # a reader holds the view's lock for one copy of the dict
 PUBLISHER_JOIN_S = 5.0  # a Manager round trip that hangs must not hold up the run's end
-PACKED_MALFORMED = 3  # index of the malformed count in ``PackedTasks.totals``
 
 
 class PlanTotals(NamedTuple):
@@ -157,7 +156,7 @@ class LiveStats:
                     counts["tasks_done"] += r.packed.files
                     counts["records_in"] += r.packed.records_in
                     counts["records_out"] += r.packed.records_out
-                    counts["malformed"] += r.packed.totals[PACKED_MALFORMED]
+                    counts["malformed"] += r.packed.malformed
                     counts["bytes_read"] += r.packed.bytes_read
                 else:
                     counts["tasks_done" if r.ok else "tasks_failed"] += 1

@@ -97,6 +97,10 @@ class TaskSpec(NamedTuple):
     def end(self) -> int | None:
         return None if self.length is None else self.offset + self.length
 
+    def byte_range(self) -> list[int] | None:
+        """``[start, end]`` as report.json and the job log give it; None: the whole file."""
+        return None if self.length is None else [self.offset, self.offset + self.length]
+
     def describe_range(self) -> str:
         if self.length is None:
             return "whole file"
@@ -183,6 +187,10 @@ class PackedTasks:
     @property
     def records_out(self) -> int:
         return self.totals[2]
+
+    @property
+    def malformed(self) -> int:
+        return self.totals[3]
 
     @property
     def bytes_read(self) -> int:

@@ -214,10 +214,6 @@ def planner_for(cfg: PipelineConfig, full: bool = False) -> Planner:
     )
 
 
-def _range(task: TaskSpec) -> list[int] | None:
-    return None if task.length is None else [task.offset, task.offset + task.length]
-
-
 @dataclass
 class _RunState:
     """What this run has seen so far: counts for the report and the error budget."""
@@ -534,7 +530,7 @@ class Run:
         self.state.failures.append(
             {
                 "path": task.path,
-                "range": _range(task),
+                "range": task.byte_range(),
                 "kind": result.error_kind,
                 "error": result.error,
                 "attempts": attempts,

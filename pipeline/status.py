@@ -90,22 +90,8 @@ def read_view(address: LiveAddress, timeout: float) -> dict[str, Any] | None:
     def read() -> None:
         manager = SyncManager(address=address.address, authkey=address.authkey)
         manager.connect()
-        # Proxies to the run's own objects, by id; no reference counting, so this
-        # reader never keeps them alive nor frees them.
-        mapping = DictProxy(
-            Token("dict", address.address, address.dict_id),
-            "pickle",
-            manager=manager,
-            authkey=address.authkey,
-            incref=False,
-        )
-        lock = AcquirerProxy(
-            Token("Lock", address.address, address.lock_id),
-            "pickle",
-            manager=manager,
-            authkey=address.authkey,
-            incref=False,
-        )
+        mapping = _proxy(DictProxy, "dict", address.dict_id, address, manager)
+        lock = _proxy(AcquirerProxy, "Lock", address.lock_id, address, manager)
         if not lock.acquire(True, timeout):
             return
         try:
@@ -124,6 +110,13 @@ def read_view(address: LiveAddress, timeout: float) -> dict[str, Any] | None:
     thread.start()
     thread.join(timeout)
     return box[0] if box and box[0] else None
+
+
+def _proxy(kind: type, typeid: str, ident: str, address: LiveAddress, manager: Any) -> Any:
+    """A proxy to one of the run's own objects, by id, without reference counting: this
+    reader never keeps it alive nor frees it."""
+    token = Token(typeid, address.address, ident)
+    return kind(token, "pickle", manager=manager, authkey=address.authkey, incref=False)
 
 
 def last_run(out_dir: Path, *, running: bool = False) -> dict[str, Any] | None:

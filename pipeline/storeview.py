@@ -102,8 +102,7 @@ class TaskLine:
     """One task of the job log, as ``report --tasks`` shows it."""
 
     path: str
-    offset: int
-    length: int | None
+    byte_range: list[int] | None
     range_text: str
     status: str
     attempts: int
@@ -116,7 +115,7 @@ class TaskLine:
     def as_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
-            "range": None if self.length is None else [self.offset, self.offset + self.length],
+            "range": self.byte_range,
             "status": self.status,
             "attempts": self.attempts,
             "duration_s": self.duration_s,
@@ -128,15 +127,14 @@ class TaskLine:
 
 
 def task_line(row: TaskRow) -> TaskLine:
-    duration = row.duration_s
+    spec = row.spec(row.status)
     return TaskLine(
         row.path,
-        row.offset,
-        row.length,
-        row.spec(row.status).describe_range(),
+        spec.byte_range(),
+        spec.describe_range(),
         row.status,
         row.attempts,
-        duration,
+        row.duration_s,
         row.records_in,
         row.records_out,
         row.malformed,

@@ -73,7 +73,7 @@ def test_history_line_has_duration_and_counts() -> None:
 
 
 def task(path: str, duration: float | None) -> TaskLine:
-    return TaskLine(path, 0, 10, "bytes 0-10", "done", 1, duration, 3, 3, 0, None)
+    return TaskLine(path, [0, 10], "bytes 0-10", "done", 1, duration, 3, 3, 0, None)
 
 
 def test_slowest_first_and_unknown_durations_last() -> None:
