@@ -56,7 +56,13 @@ from operator import itemgetter
 from typing import Any
 
 from pipeline.columns import IntColumn, all_ints
-from pipeline.conditions import ColumnCondition, compile_column_condition, compile_condition
+from pipeline.conditions import (
+    ColumnCondition,
+    RecordsFilter,
+    compile_column_condition,
+    compile_condition,
+    compile_records_filter,
+)
 
 KINDS: tuple[str, ...] = ("count", "sum", "min", "max", "mean", "count_by", "top")
 
@@ -418,16 +424,19 @@ class Aggregators:
         self.specs = {name: dict(spec) for name, spec in specs.items()}
         self._conditions: dict[str, Callable[[Mapping[str, Any]], bool] | None] = {}
         self._column_filters: dict[str, ColumnCondition | None] = {}
+        self._records_filters: dict[str, RecordsFilter | None] = {}
         for name, spec in self.specs.items():
             where = spec.get("where")
             try:
                 self._conditions[name] = compile_condition(where) if where else None
                 self._column_filters[name] = compile_column_condition(where) if where else None
+                self._records_filters[name] = compile_records_filter(where) if where else None
             except ValueError as exc:
                 raise ValueError(f"stat {name!r}: where: {exc}") from exc
         # per stat, for ``add_records``: its field (None: a plain count) and condition
         self._record_layout = tuple(
-            (name, spec.get("field"), self._conditions[name]) for name, spec in self.specs.items()
+            (name, spec.get("field"), self._records_filters[name])
+            for name, spec in self.specs.items()
         )
         # per stat: how a task's accumulator is made and which method adds a record
         self._layout = tuple(
@@ -472,8 +481,8 @@ class Aggregators:
         then the whole-column routes of ``add_values``). A missing field reads as None,
         which every kind treats as a null; ``where`` is evaluated per record, as ``add``
         does, so a missing field still makes it false."""
-        for name, field, condition in self._record_layout:
-            chosen = records if condition is None else list(filter(condition, records))
+        for name, field, keep in self._record_layout:
+            chosen = records if keep is None else keep(records)
             acc = state.accumulators[name]
             if field is None:
                 acc.n += len(chosen)  # a plain count

@@ -30,6 +30,7 @@ import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import IO, Any
 
 from pipeline.digest import bytes_digest, reads_small_file
@@ -381,21 +382,47 @@ def block_records(
     start: int, data: bytes, encoding: str, counters: ReadCounters
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """The ``lines`` records of a block from ``iter_line_blocks``, exactly as
-    ``iter_records`` gives them.
+    ``iter_records`` gives them: decoded and split at once when ``block_lines`` can,
+    else line by line (each line decoded on its own, so a bad byte costs only its line
+    a replacement character)."""
+    lines = block_lines(data, encoding)
+    if lines is None:
+        return records_line_by_line(start, data, encoding, counters)
+    return _text_records(lines, line_starts(start, data), counters)
+
+
+def records_line_by_line(
+    start: int, data: bytes, encoding: str, counters: ReadCounters
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``block_records`` of a block ``block_lines`` declines."""
+    return _line_records(_split_block(start, data), encoding, counters)
+
+
+def block_lines(data: bytes, encoding: str) -> list[str] | None:
+    """The lines of a block from ``iter_line_blocks`` as text, decoded once and split
+    once, or None when that would not give what decoding line by line gives.
 
     In an encoding where the byte ``\n`` is always the character ``\n`` and never part of
     another character (UTF-8, ASCII, the Latin and Windows code pages), a block without
-    ``\r`` that decodes cleanly (the usual case) is decoded once and split once; anything
-    else goes line by line (each line decoded on its own, so a bad byte costs only its
-    line a replacement character)."""
-    if b"\r" not in data and codecs.lookup(encoding).name in BLOCK_SPLIT_ENCODINGS:
-        try:
-            text = data.decode(encoding)
-        except UnicodeDecodeError:
-            pass
-        else:
-            return _text_records(start, data, text, counters)
-    return _line_records(_split_block(start, data), encoding, counters)
+    ``\r`` that decodes cleanly (the usual case) splits into exactly the lines of its
+    bytes."""
+    if b"\r" in data or codecs.lookup(encoding).name not in BLOCK_SPLIT_ENCODINGS:
+        return None
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\n")
+    if not lines[-1]:
+        lines.pop()  # the block ends with a newline (only the file's last line may not)
+    return lines
+
+
+def line_starts(start: int, data: bytes) -> list[int]:
+    """The byte offset of each line of a block starting at ``start`` (its position, in
+    messages), from the block's bytes: a line's characters may be several bytes each."""
+    ends = accumulate(map(len, data.split(b"\n")), initial=start)  # without the newlines
+    return [end + i for i, end in enumerate(ends)]
 
 
 BLOCK_SPLIT_ENCODINGS = frozenset(
@@ -407,17 +434,11 @@ BLOCK_SPLIT_ENCODINGS = frozenset(
 
 
 def _text_records(
-    start: int, data: bytes, text: str, counters: ReadCounters
+    lines: list[str], starts: list[int], counters: ReadCounters
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    lines = text.split("\n")
-    if not lines[-1]:
-        lines.pop()  # the block ends with a newline (only the file's last line may not)
-    # Byte offsets: from the characters when each is one byte, else from the bytes' lines.
-    sizes = map(len, lines if len(text) == len(data) else data.split(b"\n"))
-    for line, size in zip(lines, sizes, strict=False):  # the bytes may end with b""
+    for line, start in zip(lines, starts, strict=False):  # one more start than lines
         counters.records_in += 1
         yield start, {"line": line}
-        start += size + 1
 
 
 def _decode(data: bytes, encoding: str, counters: ReadCounters) -> str:

@@ -179,6 +179,8 @@ class TaskRunner:
         try:
             if self.fast is not None:
                 self._run_fast(task, counters, sink)
+            elif self.job.format == "lines" and not self.stages.batches:
+                self._run_lines(task, counters, sink)
             else:
                 sink.consume(
                     readers.iter_records(task, self.job.format, self.job.encoding, counters)
@@ -224,13 +226,7 @@ class TaskRunner:
         line through the generic chain (same results, only slower)."""
         assert self.fast is not None
         encoding = self.job.encoding
-        blocks: Iterable[tuple[int, bytes]]
-        if task.compression is None and reads_small_file(task):
-            data = readers.read_small_file(task, counters)  # all its lines: one block
-            blocks = ((0, data),) if data else ()
-        else:
-            blocks = readers.iter_line_blocks(task, counters, block_size=self.block_size)
-        for start, data in blocks:
+        for start, data in self._line_blocks(task, counters):
             room = MALFORMED_SAMPLE_SIZE - len(sink.rejected)
             try:
                 text = data.decode(encoding)
@@ -248,6 +244,28 @@ class TaskRunner:
             if sink.handle is not None and rows:
                 encode = self.encode
                 sink.write([encode(r) for r in fastpath.records_of(columns, rows)])
+
+    def _run_lines(self, task: TaskSpec, counters: readers.ReadCounters, sink: _Sink) -> None:
+        """A ``lines`` task on the generic path, a block at a time: each block's lines
+        through the chain in one loop (``_Sink.consume_lines``); a block that must be
+        decoded line by line goes record by record."""
+        encoding = self.job.encoding
+        for start, data in self._line_blocks(task, counters):
+            lines = readers.block_lines(data, encoding)
+            if lines is None:
+                sink.consume(readers.records_line_by_line(start, data, encoding, counters))
+            else:
+                sink.consume_lines(start, data, lines, counters)
+
+    def _line_blocks(
+        self, task: TaskSpec, counters: readers.ReadCounters
+    ) -> Iterable[tuple[int, bytes]]:
+        """``(start, data)``: the runs of whole lines the task owns; a small file is read
+        whole, in one block."""
+        if task.compression is None and reads_small_file(task):
+            data = readers.read_small_file(task, counters)
+            return ((0, data),) if data else ()
+        return readers.iter_line_blocks(task, counters, block_size=self.block_size)
 
 
 def _at_offsets(start: int, data: bytes, rejected: list[tuple[int, str]]) -> list[Rejected]:
@@ -309,6 +327,41 @@ class _Sink:
             self.position = position  # the record the error is about, for its message
             raise
         self._add_stats(outs)
+
+    def consume_lines(
+        self, start: int, data: bytes, lines: list[str], counters: readers.ReadCounters
+    ) -> None:
+        """A block's lines (``readers.block_lines``) through the chain, ``STATS_EVERY`` at
+        a time: what ``consume`` does with the block's records, in one loop."""
+        feed_lines = self.runner.stages.head_lines
+        starts: list[int] = []  # the lines' byte offsets, worked out once a message needs one
+        base = 0  # the index in the block of the first line of the slice being fed
+
+        def position(i: int) -> int:
+            if not starts:
+                starts.extend(readers.line_starts(start, data))
+            return starts[i]
+
+        def on_bad(i: int, bad: int) -> None:
+            sampled = len(self.rejected) < MALFORMED_SAMPLE_SIZE  # else no position is kept
+            self._reject(position(base + i) if sampled else start, bad)
+
+        failed_at: list[int] = []
+        encode = self.runner.encode
+        try:
+            for base in range(0, len(lines), STATS_EVERY):
+                outs: list[dict] = []
+                feed_lines(lines[base : base + STATS_EVERY], outs, on_bad, failed_at)
+                if self.handle is not None and outs:
+                    self.write(list(map(encode, outs)))
+                self._add_stats(outs)
+        except BaseException:
+            # the line a step raised on, or the slice's last (its stats or output failed)
+            at = base + failed_at[0] if failed_at else min(base + STATS_EVERY, len(lines)) - 1
+            self.position = position(at)
+            counters.records_in += at + 1
+            raise
+        counters.records_in += len(lines)
 
     def _add_stats(self, outs: list[dict]) -> None:
         """The stats of records out of the chain, a list at a time (``add_records``:

@@ -6,8 +6,10 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.conditions import OPS, compile_condition, kind_of
+from pipeline.conditions import OPS, compile_condition, compile_records_filter, kind_of
 
 
 def holds(field_value: Any, op: str, operand: Any) -> bool:
@@ -219,3 +221,45 @@ def test_bad_specs_raise_value_error(spec: Any) -> None:
 def test_error_message_names_field_and_op() -> None:
     with pytest.raises(ValueError, match=r"'status'.*'~='"):
         compile_condition({"status": {"~=": 1}})
+
+
+# --- a condition over a list of records ----------------------------------------------------
+
+# Mostly plain numbers (the C-level route), sometimes None, a missing field, a bool, NaN,
+# a str, an int subclass: each sends a list down another route, and every route must keep
+# exactly what the per-record condition keeps.
+_NUMBERS = st.one_of(
+    st.integers(-600, 600),
+    st.floats(-600, 600),
+    st.sampled_from([500, 499.5, float("nan"), math.inf, -math.inf, 10**30]),
+)
+_ODD = st.sampled_from([None, True, False, "500", [500]])
+_RECORD = st.fixed_dictionaries(
+    {}, optional={"s": st.one_of(_NUMBERS, _NUMBERS, _NUMBERS, _ODD), "b": _NUMBERS}
+)
+_CHECK = st.tuples(
+    st.sampled_from(["s", "b"]),
+    st.sampled_from(["<", "<=", ">", ">=", "==", "in"]),
+    st.sampled_from([500, 0, -1.5, "m", [500, None]]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(records=st.lists(_RECORD, max_size=30), checks=st.lists(_CHECK, min_size=1, max_size=3))
+def test_a_records_filter_keeps_what_the_condition_keeps(
+    records: list[dict], checks: list[tuple[str, str, Any]]
+) -> None:
+    spec: dict[str, dict[str, Any]] = {}
+    for field, op, operand in checks:
+        if op == "in" and not isinstance(operand, list):
+            operand = [operand]
+        elif op != "in" and isinstance(operand, list):
+            operand = operand[0]
+        if op == "==" or isinstance(operand, (int, float)) or op == "in":
+            spec.setdefault(field, {})[op] = operand
+        else:
+            spec.setdefault(field, {})[op] = "m"  # a str operand orders strings
+    keep = compile_records_filter(spec)
+    condition = compile_condition(spec)
+    assert keep(records) == [record for record in records if condition(record)]
+    assert keep([]) == []

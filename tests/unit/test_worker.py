@@ -9,6 +9,7 @@ import os
 import pickle
 import uuid
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -448,6 +449,37 @@ def explode_at(record: dict) -> dict:
     return record
 
 
+def status_of_line(record: dict) -> dict | None:
+    """The status a log line's second word gives, or the line dropped (no regex step)."""
+    words = record["line"].split()
+    if len(words) < 2 or not words[1].isdecimal():
+        return None
+    record["status"] = int(words[1])
+    return record
+
+
+def _then_reject(record: dict) -> Any:
+    yield record
+    raise MalformedRecord("half way")
+
+
+def odd_returns(record: dict) -> Any:
+    """Every other kind of return a plugin may give: a mapping that is not a dict, a
+    generator (rejecting half way for some), a tuple holding a non-mapping (the task fails)."""
+    status = record["status"]
+    if status % 4 == 0:
+        return MappingProxyType({**record, "proxy": True})
+    if status % 6 == 1:
+        return (dict(record) for _ in range(2))
+    if status % 10 == 3:
+        return _then_reject(record)
+    if status % 13 == 0:
+        raise MalformedRecord()
+    if status == 997:
+        return (record, "no mapping")
+    return record
+
+
 log_lines = st.lists(
     st.one_of(
         st.builds(
@@ -502,9 +534,16 @@ def test_a_block_split_at_once_gives_what_line_by_line_gives(
     path.write_bytes(("\r\n" if crlf else "\n").join(lines).encode() + b"\n")
     monkeypatch = pytest.MonkeyPatch()
     try:
-        for plugin_fn in ("reject_odd", "explode_at"):
-            steps = (*LOG_STEPS[:2], {"call": f"tests.unit.test_worker:{plugin_fn}"})
-            blocks, line_by_line = run_both(parts_dir, path, steps, chunk, monkeypatch)
-            assert blocks == line_by_line
+        for plugin_fn in ("reject_odd", "explode_at", "odd_returns"):
+            call = {"call": f"tests.unit.test_worker:{plugin_fn}"}
+            # the log job's shape (a regex on line first, a call last: both run inline),
+            # then other shapes: a call in the middle, a call on its own
+            for steps in (
+                (*LOG_STEPS[:2], call),
+                (*LOG_STEPS[:2], call, {"filter": {"status": {"<": 900}}}),
+                ({"call": "tests.unit.test_worker:status_of_line"}, call),
+            ):
+                blocks, line_by_line = run_both(parts_dir, path, steps, chunk, monkeypatch)
+                assert blocks == line_by_line
     finally:
         monkeypatch.undo()
