@@ -49,20 +49,15 @@ class Declined(Exception):
 
 def _convert_column(values: list[Any], kind: str, nulls: frozenset[str]) -> tuple[list, list]:
     """Converted values and the indexes of rows whose value does not convert."""
-    if not nulls and (kind == "int" or kind == "float"):
+    if kind == "int" or kind == "float":
         try:
             joined = "\n".join(values)
-        except TypeError:  # a None among them
+        except TypeError:  # a None (or another non-str) among them
             joined = None
-        if joined is not None and kind == "int" and "_" not in joined:
-            # For a str without "_", int() is exactly what `types` does (steps._to_int);
-            # a value it rejects sends the column down the value-by-value path below.
-            try:
-                return IntColumn(map(int, values)), []
-            except ValueError:
-                pass
-        elif joined is not None and kind == "float" and _FLOAT_COLUMN.fullmatch(joined):
-            return list(map(float, values)), []
+        if joined is not None:
+            converted = _convert_strs(values, joined, kind, nulls)
+            if converted is not None:
+                return converted, []
     out: list[Any] = []
     bad: list[int] = []
     for i, value in enumerate(values):
@@ -75,6 +70,30 @@ def _convert_column(values: list[Any], kind: str, nulls: frozenset[str]) -> tupl
             out.append(None)
             bad.append(i)
     return out, bad
+
+
+def _convert_strs(values: list[str], joined: str, kind: str, nulls: frozenset[str]) -> list | None:
+    """A column of ``str`` (``joined``: its values joined by newlines) converted at once,
+    nulls to None, or None when a value might not convert: the caller then goes value by
+    value, which knows the exact rows and reasons."""
+    has_nulls = bool(nulls) and any(map(nulls.__contains__, values))
+    if kind == "int":
+        # For a str without "_", int() is exactly what `types` does (steps._to_int).
+        if "_" in joined:
+            return None
+        try:
+            if has_nulls:
+                return [None if value in nulls else int(value) for value in values]
+            return IntColumn(map(int, values))
+        except ValueError:
+            return None
+    # float() also takes "1_0", " 1", "nan", "inf": only plain decimals are let through
+    present = [value for value in values if value not in nulls] if has_nulls else values
+    if present and not _FLOAT_COLUMN.fullmatch("\n".join(present) if has_nulls else joined):
+        return None
+    if has_nulls:
+        return [None if value in nulls else float(value) for value in values]
+    return list(map(float, values))
 
 
 def _keep_rows(columns: Columns, keep: list[bool]) -> Columns:

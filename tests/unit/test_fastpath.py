@@ -241,6 +241,9 @@ TRICKY = [
     "0x10",
     "99999999999999999999",
     "1.5",
+    "0",
+    "12",
+    "3.25",
     None,
 ]
 
@@ -249,7 +252,7 @@ TRICKY = [
 @given(
     values=st.lists(st.sampled_from(TRICKY), max_size=8),
     kind=st.sampled_from(["int", "float"]),
-    nulls=st.sampled_from([frozenset(), frozenset({"-", ""})]),
+    nulls=st.sampled_from([frozenset(), frozenset({"-", ""}), frozenset({"0", "1_000", "nan"})]),
 )
 def test_column_conversion_equals_value_by_value(values: list, kind: str, nulls: frozenset):
     from pipeline.steps import convert_value
