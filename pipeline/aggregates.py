@@ -407,13 +407,19 @@ def _guarded(condition: Callable[[Mapping[str, Any]], bool], add: Callable[[Any]
 
 
 class _State:
-    """One task's accumulators and their (possibly ``where``-guarded) bound adders."""
+    """One task's accumulators and their (possibly ``where``-guarded) bound adders, made
+    when a record is first added on its own (most tasks add lists only)."""
 
     __slots__ = ("accumulators", "adders")
 
-    def __init__(self, accumulators: dict[str, Any], adders: tuple[Callable, ...]) -> None:
+    def __init__(self, accumulators: dict[str, Any]) -> None:
         self.accumulators = accumulators
-        self.adders = adders
+        self.adders: tuple[Callable, ...] | None = None
+
+
+# Shorter lists of records are added record by record: below this, the set-up of a
+# list's column per stat costs more than it saves (a small file's few lines).
+_SHORT_LIST = 4
 
 
 class Aggregators:
@@ -445,16 +451,18 @@ class Aggregators:
         )
 
     def new_state(self) -> _State:
-        accumulators: dict[str, Any] = {}
-        adders: list[Callable] = []
-        for name, make, method, condition in self._layout:
-            acc = accumulators[name] = make()
-            add = getattr(acc, method)
+        return _State({name: make() for name, make, _, _ in self._layout})
+
+    def _adders(self, state: _State) -> tuple[Callable, ...]:
+        adders = []
+        for name, _, method, condition in self._layout:
+            add = getattr(state.accumulators[name], method)
             adders.append(add if condition is None else _guarded(condition, add))
-        return _State(accumulators, tuple(adders))
+        state.adders = tuple(adders)
+        return state.adders
 
     def add(self, state: _State, record: Mapping[str, Any]) -> None:
-        for add in state.adders:
+        for add in state.adders or self._adders(state):
             add(record)
 
     def add_columns(self, state: _State, columns: Mapping[str, list[Any]], rows: int) -> None:
@@ -481,6 +489,12 @@ class Aggregators:
         then the whole-column routes of ``add_values``). A missing field reads as None,
         which every kind treats as a null; ``where`` is evaluated per record, as ``add``
         does, so a missing field still makes it false."""
+        if len(records) < _SHORT_LIST:
+            adders = state.adders or self._adders(state)
+            for record in records:
+                for add in adders:
+                    add(record)
+            return
         for name, field, keep in self._record_layout:
             chosen = records if keep is None else keep(records)
             acc = state.accumulators[name]
