@@ -417,11 +417,6 @@ class _State:
         self.adders: tuple[Callable, ...] | None = None
 
 
-# Shorter lists of records are added record by record: below this, the set-up of a
-# list's column per stat costs more than it saves (a small file's few lines).
-_SHORT_LIST = 4
-
-
 class Aggregators:
     """The stats of a job, built once per worker; a state per task."""
 
@@ -489,12 +484,6 @@ class Aggregators:
         then the whole-column routes of ``add_values``). A missing field reads as None,
         which every kind treats as a null; ``where`` is evaluated per record, as ``add``
         does, so a missing field still makes it false."""
-        if len(records) < _SHORT_LIST:
-            adders = state.adders or self._adders(state)
-            for record in records:
-                for add in adders:
-                    add(record)
-            return
         for name, field, keep in self._record_layout:
             chosen = records if keep is None else keep(records)
             acc = state.accumulators[name]
