@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -233,7 +234,7 @@ _NUMBERS = st.one_of(
     st.floats(-600, 600),
     st.sampled_from([500, 499.5, float("nan"), math.inf, -math.inf, 10**30]),
 )
-_ODD = st.sampled_from([None, True, False, "500", [500]])
+_ODD = st.sampled_from([None, True, False, "500", [500], HTTPStatus.INTERNAL_SERVER_ERROR])
 _RECORD = st.fixed_dictionaries(
     {}, optional={"s": st.one_of(_NUMBERS, _NUMBERS, _NUMBERS, _ODD), "b": _NUMBERS}
 )
