@@ -144,41 +144,25 @@ def compile_column_condition(spec: Mapping[str, Mapping[str, Any]]) -> ColumnCon
 
 
 RecordsFilter = Callable[[list[Any]], list[Any]]
-_NUMBERS = frozenset({int, float})
-_NUMBERS_OR_NONE = frozenset({int, float, type(None)})
 
 
 def compile_records_filter(spec: Mapping[str, Mapping[str, Any]]) -> RecordsFilter:
     """The same condition for a list of records: the records it holds for, in order
     (what ``filter`` with ``compile_condition(spec)`` keeps).
 
-    When every check compares a field with a number (``status >= 500``, the usual
-    ``where:``), each field's values are taken in one pass and compared in one C-level
-    ``map``, as long as they are plain numbers or None (missing, or null: false for an
-    ordering, as the per-record condition has it); anything else goes record by record."""
+    When every check is an ordering (``status >= 500``, the usual ``where:``), a missing
+    field and a null are alike (both false), so the records are taken as columns and
+    the column condition decides (one C-level ``map`` for a column of plain numbers);
+    other checks go record by record."""
     condition = compile_condition(spec)  # the same checks, the same errors
-    numeric = [
-        (field, _ORDERING[op], operand)
-        for field, ops in spec.items()
-        for op, operand in ops.items()
-        if op in _ORDERING and kind_of(operand) == _NUM
-    ]
-    if len(numeric) != sum(len(ops) for ops in spec.values()):
+    if not all(op in _ORDERING for ops in spec.values() for op in ops):
         return lambda records: list(filter(condition, records))
+    mask = compile_column_condition(spec)
+    fields = tuple(spec)
 
     def keep(records: list[Any]) -> list[Any]:
-        mask: list[bool] | None = None
-        for field, compare, operand in numeric:
-            values = [record.get(field) for record in records]
-            kinds = set(map(type, values))
-            if kinds <= _NUMBERS:
-                these = list(map(compare, values, repeat(operand)))
-            elif kinds <= _NUMBERS_OR_NONE:
-                these = [value is not None and compare(value, operand) for value in values]
-            else:
-                return list(filter(condition, records))
-            mask = these if mask is None else [a and b for a, b in zip(mask, these, strict=True)]
-        return records if mask is None else list(compress(records, mask))
+        columns = {field: [record.get(field) for record in records] for field in fields}
+        return list(compress(records, mask(columns, len(records))))
 
     return keep
 
