@@ -65,15 +65,20 @@ def env_for(job: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "STATUS_HOLD_DIR": str(job.parent / "marks")}
 
 
-def start_run(job: Path) -> subprocess.Popen[str]:
+def start_pipeline(job: Path, *args: str, stdout: int) -> subprocess.Popen[str]:
+    """``pipeline ARGS...`` on ``job`` in the background; its stderr piped."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", str(job), "--progress", "none"],
+        [sys.executable, "-m", "pipeline", *args],
         env=env_for(job),
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def start_run(job: Path) -> subprocess.Popen[str]:
+    return start_pipeline(job, "run", str(job), "--progress", "none", stdout=subprocess.DEVNULL)
 
 
 def wait_for(what: str, condition: Callable[[], Any], run: subprocess.Popen[str]) -> Any:
@@ -172,14 +177,7 @@ def test_status_reads_the_live_view_of_a_held_run_then_the_last_run(
 
 def start_watch(job: Path) -> tuple[subprocess.Popen[str], queue.SimpleQueue[str], Any]:
     """``status --watch --json``, its lines put on a queue by a reader thread."""
-    watch = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "status", str(job), "--watch", "--json"],
-        env=env_for(job),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    watch = start_pipeline(job, "status", str(job), "--watch", "--json", stdout=subprocess.PIPE)
     lines: queue.SimpleQueue[str] = queue.SimpleQueue()
     reader = threading.Thread(target=lambda: [lines.put(x) for x in watch.stdout], daemon=True)
     reader.start()
