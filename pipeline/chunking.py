@@ -15,9 +15,13 @@ SPLITTABLE_FORMATS = frozenset({"lines", "jsonl"})
 _SUFFIXES = tuple(COMPRESSED_SUFFIXES)
 
 
-def split_ranges(size: int, chunk_size: int) -> list[tuple[int, int]]:
+def split_ranges(size: int, chunk_size: int, spread: int = 1) -> list[tuple[int, int]]:
     """Cut ``[0, size)`` into ``ceil(size / chunk_size)`` contiguous ``(offset, length)``
     ranges of nearly equal length (none longer than ``chunk_size``).
+
+    When there are at least ``spread`` ranges (the worker count), their count is rounded
+    up to a multiple of it: equal tasks then end together on every worker, where 33 tasks
+    on two workers would leave one idle for a task's time at the end of the file.
 
     An empty file gives the single range ``(0, 0)`` so that it still becomes a task
     (and so is recorded as processed).
@@ -26,9 +30,13 @@ def split_ranges(size: int, chunk_size: int) -> list[tuple[int, int]]:
         raise ValueError(f"chunk_size must be at least 1 byte, got {chunk_size}")
     if size < 0:
         raise ValueError(f"size must not be negative, got {size}")
+    if spread < 1:
+        raise ValueError(f"spread must be at least 1, got {spread}")
     if size == 0:
         return [(0, 0)]
     count = -(-size // chunk_size)
+    if count >= spread > 1:
+        count = min(size, -(-count // spread) * spread)
     base, extra = divmod(size, count)
     ranges: list[tuple[int, int]] = []
     offset = 0

@@ -102,16 +102,17 @@ class Plan:
 
 
 def new_tasks(
-    file: InputFile, fmt: str, chunk_size: int, result_key: str, reason: str
+    file: InputFile, fmt: str, chunk_size: int, result_key: str, reason: str, spread: int = 1
 ) -> list[TaskSpec]:
-    """Cut a file into range tasks, or one whole-file task when it cannot be split."""
+    """Cut a file into range tasks, or one whole-file task when it cannot be split;
+    ``spread``: the worker count the ranges are spread over (``split_ranges``)."""
     path, size, mtime_ns, compression = file
     if not is_splittable(fmt, compression):
         ranges: Iterable[tuple[int, int | None]] = [(0, None)]
     elif size <= chunk_size:  # the usual case, without the general cut
         ranges = [(0, size)]
     else:
-        ranges = split_ranges(size, chunk_size)
+        ranges = split_ranges(size, chunk_size, spread)
     return [
         TaskSpec(
             task_id(path, offset, length, size, mtime_ns, result_key),
@@ -154,6 +155,7 @@ class Planner:
     result_key: str
     parts_dir: str | None
     full: bool = False
+    spread: int = 1  # the worker count a big file's ranges are spread over
     _part_sizes: dict[str, int] = field(default_factory=dict)
 
     def fresh_task(self, file: InputFile) -> TaskSpec | None:
@@ -180,9 +182,7 @@ class Planner:
         full, result_key = self.full, self.result_key
         if not rows:  # a file the ledger has never seen: the usual case of a first run
             reason = "full" if full else "new"
-            return FileDecision(
-                file, new_tasks(file, self.fmt, self.chunk_size, result_key, reason), []
-            )
+            return FileDecision(file, self._new_tasks(file, reason), [])
         same_input = bool(rows) and all(
             r.size == file.size and r.mtime_ns == file.mtime_ns for r in rows
         )
@@ -211,8 +211,10 @@ class Planner:
             reason = "changed"
         else:
             reason = "config-changed"
-        tasks = new_tasks(file, self.fmt, self.chunk_size, result_key, reason)
-        return FileDecision(file, tasks, [], drop=bool(rows))
+        return FileDecision(file, self._new_tasks(file, reason), [], drop=bool(rows))
+
+    def _new_tasks(self, file: InputFile, reason: str) -> list[TaskSpec]:
+        return new_tasks(file, self.fmt, self.chunk_size, self.result_key, reason, self.spread)
 
 
 def join_rows(
@@ -250,9 +252,10 @@ def make_plan(
     result_key: str,
     parts_dir: str | None,
     full: bool = False,
+    spread: int = 1,
 ) -> Plan:
     """The whole plan as lists (see ``Planner``)."""
-    planner = Planner(fmt, chunk_size, result_key, parts_dir, full)
+    planner = Planner(fmt, chunk_size, result_key, parts_dir, full, spread)
     plan = Plan()
     for file in files:
         plan.add(planner.decide(file, rows_by_path.get(file.path, ())))

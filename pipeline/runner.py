@@ -211,6 +211,7 @@ def planner_for(cfg: PipelineConfig, full: bool = False) -> Planner:
         result_key=cfg.result_key(),
         parts_dir=str(cfg.output.dir / parts.PARTS_DIR) if write_records else None,
         full=full,
+        spread=1 if cfg.execution.executor == "serial" else cfg.workers_resolved(),
     )
 
 

@@ -31,6 +31,29 @@ def test_split_ranges_partition(size: int, chunk_size: int) -> None:
         assert min(lengths) >= 1
 
 
+@given(size=st.integers(0, 10_000), chunk_size=st.integers(1, 2_000), spread=st.integers(1, 16))
+def test_split_ranges_spread_over_workers(size: int, chunk_size: int, spread: int) -> None:
+    ranges = split_ranges(size, chunk_size, spread)
+    assert_partition(ranges, size, chunk_size)
+    plain = len(split_ranges(size, chunk_size))
+    if plain < spread:  # fewer ranges than workers: cut as without spreading
+        assert len(ranges) == plain
+    else:  # whole rounds of `spread` ranges (no more ranges than bytes), as few as can be
+        assert len(ranges) % spread == 0 or len(ranges) == size
+        assert plain <= len(ranges) < plain + spread
+    lengths = [length for _, length in ranges]
+    assert max(lengths) - min(lengths) <= 1
+
+
+def test_split_ranges_spread_ends_a_big_file_on_every_worker() -> None:
+    size = 256 * 1024**2 + 138  # 32 chunks and a few bytes: 33 tasks unspread
+    chunk = 8 * 1024**2
+    assert len(split_ranges(size, chunk)) == 33
+    assert len(split_ranges(size, chunk, 2)) == 34
+    assert len(split_ranges(size, chunk, 8)) == 40
+    assert len(split_ranges(size, chunk, 64)) == 33  # fewer chunks than workers: as is
+
+
 @pytest.mark.parametrize(
     ("size", "chunk_size", "expected"),
     [
@@ -56,10 +79,12 @@ def test_split_ranges_large_file() -> None:
     assert len(ranges) == 1281
 
 
-@pytest.mark.parametrize(("size", "chunk_size"), [(10, 0), (10, -1), (-1, 10)])
-def test_split_ranges_rejects_bad_arguments(size: int, chunk_size: int) -> None:
+@pytest.mark.parametrize(
+    ("size", "chunk_size", "spread"), [(10, 0, 1), (10, -1, 1), (-1, 10, 1), (10, 1, 0)]
+)
+def test_split_ranges_rejects_bad_arguments(size: int, chunk_size: int, spread: int) -> None:
     with pytest.raises(ValueError):
-        split_ranges(size, chunk_size)
+        split_ranges(size, chunk_size, spread)
 
 
 @pytest.mark.parametrize(

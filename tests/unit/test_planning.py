@@ -82,7 +82,7 @@ def write_parts(parts_dir: Path, rows: list[TaskRow], size: int = 0) -> None:
         (parts_dir / row.part).write_bytes(b"x" * size)
 
 
-def plan(files, rows_by_path, *, parts_dir=None, chunk_size=100, fmt="lines", full=False):
+def plan(files, rows_by_path, *, parts_dir=None, chunk_size=100, fmt="lines", full=False, spread=1):
     return make_plan(
         files,
         rows_by_path,
@@ -91,6 +91,7 @@ def plan(files, rows_by_path, *, parts_dir=None, chunk_size=100, fmt="lines", fu
         result_key=KEY,
         parts_dir=None if parts_dir is None else str(parts_dir),
         full=full,
+        spread=spread,
     )
 
 
@@ -422,12 +423,22 @@ def test_every_reason_is_a_known_reason(tmp_path: Path) -> None:
 # --- chunk_size never invalidates results ----------------------------------------------
 
 
+def test_a_new_big_file_is_cut_in_whole_rounds_of_the_worker_count() -> None:
+    file = InputFile("/d/a.log", 1000, MTIME)  # 3 ranges of chunk_size 400
+    for spread, count in ((1, 3), (2, 4), (3, 3), (4, 3), (6, 3)):
+        p = plan([file], {}, chunk_size=400, spread=spread)
+        assert len(p.run) == count
+        assert sum(t.length for t in p.run) == 1000
+
+
 def test_file_keeps_its_ranges_when_only_chunk_size_changes(tmp_path: Path) -> None:
     file = InputFile("/d/a.log", 1000, MTIME)
     rows = rows_for(file, 400)  # 3 ranges
     write_parts(tmp_path, rows)
-    for chunk_size in (50, 400, 10_000):
-        p = plan([file], {file.path: rows}, parts_dir=tmp_path, chunk_size=chunk_size)
+    for chunk_size, spread in ((50, 1), (400, 2), (10_000, 4)):  # the worker count neither
+        p = plan(
+            [file], {file.path: rows}, parts_dir=tmp_path, chunk_size=chunk_size, spread=spread
+        )
         assert p.run == [] and p.drop_paths == []
         assert [(t.task_id, t.offset, t.length) for t in p.skip] == [
             (r.task_id, r.offset, r.length) for r in rows
