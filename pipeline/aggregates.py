@@ -55,7 +55,7 @@ from itertools import compress
 from operator import itemgetter
 from typing import Any
 
-from pipeline.columns import IntColumn, all_ints
+from pipeline.columns import IntColumn, all_ints, column_of
 from pipeline.conditions import (
     ColumnCondition,
     RecordsFilter,
@@ -480,17 +480,26 @@ class Aggregators:
 
     def add_records(self, state: _State, records: list[Mapping[str, Any]]) -> None:
         """Add a list of records, stat by stat: the same result as ``add`` record by
-        record, at a fraction of the cost (one pass of C-level list building per stat,
-        then the whole-column routes of ``add_values``). A missing field reads as None,
-        which every kind treats as a null; ``where`` is evaluated per record, as ``add``
-        does, so a missing field still makes it false."""
+        record, at a fraction of the cost (a C-level pass per field, whose column the
+        stats reading it share, then the whole-column routes of ``add_values``). A
+        missing field reads as None, which every kind treats as a null; ``where`` is
+        evaluated per record, as ``add`` does, so a missing field still makes it false."""
+        columns: dict[str, list[Any]] = {}  # of all the records, shared by their stats
         for name, field, keep in self._record_layout:
-            chosen = records if keep is None else keep(records)
             acc = state.accumulators[name]
-            if field is None:
-                acc.n += len(chosen)  # a plain count
+            if keep is not None:
+                chosen = keep(records)
+                if field is None:
+                    acc.n += len(chosen)
+                else:
+                    acc.add_values(column_of(chosen, field))
+            elif field is None:
+                acc.n += len(records)  # a plain count
             else:
-                acc.add_values([record.get(field) for record in chosen])
+                values = columns.get(field)
+                if values is None:
+                    values = columns[field] = column_of(records, field)
+                acc.add_values(values)
 
     def partials(self, state: _State) -> dict[str, Any]:
         return {name: acc.partial() for name, acc in state.accumulators.items()}

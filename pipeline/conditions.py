@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from itertools import compress, repeat
 from typing import Any
 
-from pipeline.columns import IntColumn
+from pipeline.columns import IntColumn, column_of
 
 OPS: tuple[str, ...] = ("==", "!=", "<", "<=", ">", ">=", "in", "not_in", "contains", "matches")
 
@@ -161,7 +161,7 @@ def compile_records_filter(spec: Mapping[str, Mapping[str, Any]]) -> RecordsFilt
     fields = tuple(spec)
 
     def keep(records: list[Any]) -> list[Any]:
-        columns = {field: [record.get(field) for record in records] for field in fields}
+        columns = {field: column_of(records, field) for field in fields}
         return list(compress(records, mask(columns, len(records))))
 
     return keep

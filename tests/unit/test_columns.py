@@ -4,7 +4,7 @@ never change a result."""
 from __future__ import annotations
 
 from pipeline import aggregates
-from pipeline.columns import IntColumn, all_ints
+from pipeline.columns import IntColumn, all_ints, column_of
 from pipeline.conditions import compile_column_condition
 
 
@@ -13,6 +13,13 @@ def test_all_ints() -> None:
     assert all_ints([1, 2]) and all_ints([])
     assert not all_ints([1, True])  # bool is not a number here
     assert not all_ints([1, None]) and not all_ints([1, 2.0]) and not all_ints(["1"])
+
+
+def test_column_of_reads_a_missing_field_as_none() -> None:
+    assert column_of([{"a": 1}, {"a": None}], "a") == [1, None]
+    assert column_of([{"a": 1}, {"b": 2}, {"a": 3}], "a") == [1, None, 3]
+    assert column_of([{"b": 2}], "a") == [None]
+    assert column_of([], "a") == []
 
 
 def test_tagged_and_plain_columns_give_the_same_stats_and_masks() -> None:
