@@ -196,6 +196,22 @@ def _compile_chain(
     no_match = _Malformed(REGEX_NO_MATCH)
     call_name, func = last_call or ("", None)
 
+    def call_rejected(i: int, exc: MalformedRecord, out: list[dict], on_bad: OnBad) -> None:
+        on_bad(i, _settle(_Malformed(_call_reason(call_name, exc)), out))
+
+    def call_other(i: int, result: Any, out: list[dict], on_bad: OnBad) -> None:
+        """The last call returned something other than a dict: None, a mapping (a dict of
+        it goes out), a fan-out of several records."""
+        if result is None:
+            return
+        record = _call_result(call_name, result, total, then_more)
+        if type(record) is dict:
+            out.append(record)
+            return
+        bad = _settle(record, out)
+        if bad:
+            on_bad(i, bad)
+
     def feed_lines(lines: list[str], out: list[dict], on_bad: OnBad, failed_at: list[int]) -> None:
         """``feed`` over the records ``{"line": line}`` of ``lines``, in one loop: no
         generator, tuple or call per line between the reader and the steps, which cost a
@@ -225,22 +241,39 @@ def _compile_chain(
                         try:
                             record = func(record)
                         except MalformedRecord as exc:
-                            on_bad(i, _settle(_Malformed(_call_reason(call_name, exc)), out))
+                            call_rejected(i, exc, out, on_bad)
                             continue
                         if type(record) is not dict:
-                            if record is None:
-                                continue
-                            record = _call_result(call_name, record, total, then_more)
-                            if type(record) is not dict:
-                                bad = _settle(record, out)
-                                if bad:
-                                    on_bad(i, bad)
-                                continue
+                            call_other(i, record, out, on_bad)
+                            continue
                     append(record)
         except BaseException:
             failed_at.append(i)
             raise
 
+    def call_lines(lines: list[str], out: list[dict], on_bad: OnBad, failed_at: list[int]) -> None:
+        """``feed_lines`` of a chain that is one per-record call (a plugin handed each
+        line): the same loop without the checks for steps it does not have."""
+        assert func is not None
+        append = out.append
+        i = 0
+        try:
+            for i, line in enumerate(lines):
+                try:
+                    record = func({"line": line})
+                except MalformedRecord as exc:
+                    call_rejected(i, exc, out, on_bad)
+                    continue
+                if type(record) is dict:
+                    append(record)
+                else:
+                    call_other(i, record, out, on_bad)
+        except BaseException:
+            failed_at.append(i)
+            raise
+
+    if func is not None and line_match is None and not middle:
+        return chain, feed, call_lines
     return chain, feed, feed_lines
 
 

@@ -480,6 +480,22 @@ def odd_returns(record: dict) -> Any:
     return record
 
 
+def reject_odd_of_line(record: dict) -> Any:
+    """``reject_odd`` of the line's status: a chain that is one call, handed the lines."""
+    found = status_of_line(record)
+    return None if found is None else reject_odd(found)
+
+
+def explode_at_of_line(record: dict) -> Any:
+    found = status_of_line(record)
+    return None if found is None else explode_at(found)
+
+
+def odd_returns_of_line(record: dict) -> Any:
+    found = status_of_line(record)
+    return None if found is None else odd_returns(found)
+
+
 log_lines = st.lists(
     st.one_of(
         st.builds(
@@ -537,11 +553,12 @@ def test_a_block_split_at_once_gives_what_line_by_line_gives(
         for plugin_fn in ("reject_odd", "explode_at", "odd_returns"):
             call = {"call": f"tests.unit.test_worker:{plugin_fn}"}
             # the log job's shape (a regex on line first, a call last: both run inline),
-            # then other shapes: a call in the middle, a call on its own
+            # then other shapes: a call in the middle, two calls, a call on its own
             for steps in (
                 (*LOG_STEPS[:2], call),
                 (*LOG_STEPS[:2], call, {"filter": {"status": {"<": 900}}}),
                 ({"call": "tests.unit.test_worker:status_of_line"}, call),
+                ({"call": f"tests.unit.test_worker:{plugin_fn}_of_line"},),
             ):
                 blocks, line_by_line = run_both(parts_dir, path, steps, chunk, monkeypatch)
                 assert blocks == line_by_line
