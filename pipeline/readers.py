@@ -425,12 +425,60 @@ def line_starts(start: int, data: bytes) -> list[int]:
     return [end + i for i, end in enumerate(ends)]
 
 
-BLOCK_SPLIT_ENCODINGS = frozenset(
-    {"utf-8", "ascii", "latin-1", "iso8859-1"}
+ONE_BYTE_ENCODINGS = frozenset(
+    {"ascii", "latin-1", "iso8859-1"}
     | {f"iso8859-{n}" for n in range(2, 17)}
     | {f"cp{n}" for n in range(1250, 1259)}
 )
+"""Codec names (as ``codecs.lookup`` gives them) of one byte per character."""
+
+BLOCK_SPLIT_ENCODINGS = ONE_BYTE_ENCODINGS | {"utf-8"}
 """Codec names (as ``codecs.lookup`` gives them) whose text splits like its bytes."""
+
+
+class LinePositions:
+    """The byte offset of line ``i`` of a block of ``block_lines`` (its position, in
+    messages), worked out only as far as asked. When every character is one byte (a
+    one-byte encoding, or ASCII text) the lines' lengths give it, from the last line
+    asked onwards (messages ask in order); else the block's bytes are split once."""
+
+    __slots__ = (
+        "_data",
+        "_encoding",
+        "_lines",
+        "_offset",
+        "_one_byte",
+        "_start",
+        "_starts",
+        "_upto",
+    )
+
+    def __init__(self, start: int, data: bytes, lines: list[str], encoding: str) -> None:
+        self._start = start
+        self._data = data
+        self._lines = lines
+        self._encoding = encoding
+        self._one_byte: bool | None = None  # whether characters are bytes: decided once
+        self._upto = 0  # the line whose offset is _offset
+        self._offset = start
+        self._starts: list[int] | None = None  # every line's, when characters are not
+
+    def __call__(self, i: int) -> int:
+        if self._starts is None and i >= self._upto and self._chars_are_bytes():
+            upto = self._upto
+            self._offset += sum(map(len, self._lines[upto:i])) + i - upto  # and newlines
+            self._upto = i
+            return self._offset
+        if self._starts is None:
+            self._starts = line_starts(self._start, self._data)
+        return self._starts[i]
+
+    def _chars_are_bytes(self) -> bool:
+        if self._one_byte is None:
+            self._one_byte = (
+                codecs.lookup(self._encoding).name in ONE_BYTE_ENCODINGS or self._data.isascii()
+            )
+        return self._one_byte
 
 
 def _text_records(

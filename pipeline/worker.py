@@ -334,13 +334,8 @@ class _Sink:
         """A block's lines (``readers.block_lines``) through the chain, ``STATS_EVERY`` at
         a time: what ``consume`` does with the block's records, in one loop."""
         feed_lines = self.runner.stages.head_lines
-        starts: list[int] = []  # the lines' byte offsets, worked out once a message needs one
+        position = readers.LinePositions(start, data, lines, self.runner.job.encoding)
         base = 0  # the index in the block of the first line of the slice being fed
-
-        def position(i: int) -> int:
-            if not starts:
-                starts.extend(readers.line_starts(start, data))
-            return starts[i]
 
         def on_bad(i: int, bad: int) -> None:
             sampled = len(self.rejected) < MALFORMED_SAMPLE_SIZE  # else no position is kept

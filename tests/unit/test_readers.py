@@ -575,3 +575,33 @@ def test_block_records_equal_the_line_by_line_records(
     want = list(readers._line_records(readers._split_block(start, data), encoding, by_line))
     assert got == want
     assert (whole.records_in, whole.undecodable) == (by_line.records_in, by_line.undecodable)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.builds(
+        lambda lines, end: "\n".join(lines) + end,
+        st.lists(st.text(alphabet="ab é日\x00\u2028", max_size=6), min_size=1, max_size=30),
+        st.sampled_from(["", "\n"]),
+    ),
+    encoding=st.sampled_from(["utf-8", "latin-1", "cp1252", "ascii"]),
+    start=st.integers(0, 10_000),
+    asked=st.lists(st.integers(0, 40), max_size=8),
+    in_order=st.booleans(),
+)
+def test_line_positions_are_the_lines_byte_offsets(
+    text: str, encoding: str, start: int, asked: list[int], in_order: bool
+) -> None:
+    """A line's position from its lengths (characters of one byte) or from the bytes
+    (others) is its byte offset, asked in order (as messages do) or not."""
+    from pipeline import readers
+
+    data = text.encode(encoding, errors="replace")
+    lines = readers.block_lines(data, encoding)
+    if not lines:
+        return  # a block this path never sees (a \r, undecodable, or nothing)
+    starts = readers.line_starts(start, data)
+    positions = readers.LinePositions(start, data, lines, encoding)
+    indices = [i % len(lines) for i in asked]
+    for i in sorted(indices) if in_order else indices:
+        assert positions(i) == starts[i]
