@@ -55,7 +55,7 @@ from itertools import compress
 from operator import itemgetter
 from typing import Any
 
-from pipeline.columns import IntColumn, all_ints, column_of
+from pipeline.columns import IntColumn, column_of, int_values
 from pipeline.conditions import (
     ColumnCondition,
     RecordsFilter,
@@ -138,11 +138,13 @@ class _Sum:
             self.floats.append(float(value))
 
     def add_values(self, values: list[Any]) -> None:
+        ints = int_values(values)
+        if ints is not None:
+            self.total_int += sum(ints)
+            self.n_int += len(ints)
+            return
         values = _without_none(values)
-        if all_ints(values):
-            self.total_int += sum(values)
-            self.n_int += len(values)
-        elif set(map(type, values)) <= {float}:
+        if set(map(type, values)) <= {float}:
             self.floats.extend(values)
             if len(self.floats) >= _FOLD_AT:
                 self._fold()
@@ -228,12 +230,13 @@ class _MinMax:
                 self.text = text
 
     def add_values(self, values: list[Any]) -> None:
-        values = _without_none(values)
-        if values and all_ints(values):  # ints: one comparison
-            best = max(values) if self.better is _greater else min(values)
+        ints = int_values(values)
+        if ints:  # ints: one comparison
+            best = max(ints) if self.better is _greater else min(ints)
             if self.num is None or self.better(best, self.num):
                 self.num = best
             return
+        values = _without_none(values)
         add = self.add
         field = self.field
         for value in values:

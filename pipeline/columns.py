@@ -17,9 +17,22 @@ class IntColumn(list):
     __slots__ = ()
 
 
-def all_ints(values: list[Any]) -> bool:
-    """Whether every value is exactly an ``int`` (``bool`` is not a number here)."""
-    return type(values) is IntColumn or set(map(type, values)) <= {int}
+_INT = frozenset({int})
+_INT_OR_NONE = frozenset({int, type(None)})
+
+
+def int_values(values: list[Any]) -> list[int] | None:
+    """The values of a column that are not None, when every one of them is exactly an
+    ``int`` (``bool`` is not a number here), else None: one pass over the values' types
+    tells both whether they are ints and whether there are nulls to leave out."""
+    if type(values) is IntColumn:
+        return values
+    types = set(map(type, values))
+    if types <= _INT:
+        return values
+    if types <= _INT_OR_NONE:
+        return [value for value in values if value is not None]
+    return None
 
 
 def column_of(records: Sequence[Mapping[str, Any]], field: str) -> list[Any]:

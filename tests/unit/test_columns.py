@@ -4,15 +4,18 @@ never change a result."""
 from __future__ import annotations
 
 from pipeline import aggregates
-from pipeline.columns import IntColumn, all_ints, column_of
+from pipeline.columns import IntColumn, column_of, int_values
 from pipeline.conditions import compile_column_condition
 
 
-def test_all_ints() -> None:
-    assert all_ints(IntColumn([1, 2]))
-    assert all_ints([1, 2]) and all_ints([])
-    assert not all_ints([1, True])  # bool is not a number here
-    assert not all_ints([1, None]) and not all_ints([1, 2.0]) and not all_ints(["1"])
+def test_int_values() -> None:
+    tagged = IntColumn([1, 2])
+    assert int_values(tagged) is tagged
+    assert int_values([1, 2]) == [1, 2] and int_values([]) == []
+    assert int_values([None, 1, None, 2]) == [1, 2] and int_values([None]) == []
+    assert int_values([1, True]) is None  # bool is not a number here
+    assert int_values([1, 2.0]) is None and int_values(["1"]) is None
+    assert int_values([None, 2.0]) is None
 
 
 def test_column_of_reads_a_missing_field_as_none() -> None:
