@@ -418,10 +418,15 @@ def block_lines(data: bytes, encoding: str) -> list[str] | None:
     return lines
 
 
-def line_starts(start: int, data: bytes) -> list[int]:
+def line_starts(start: int, data: bytes, count: int | None = None) -> list[int]:
     """The byte offset of each line of a block starting at ``start`` (its position, in
-    messages), from the block's bytes: a line's characters may be several bytes each."""
-    ends = accumulate(map(len, data.split(b"\n")), initial=start)  # without the newlines
+    messages), from the block's bytes: a line's characters may be several bytes each.
+    With ``count``, of the first ``count`` lines only (the block is split no further)."""
+    if count is None:
+        pieces = data.split(b"\n")
+    else:
+        pieces = data.split(b"\n", count - 1)[: count - 1] if count > 1 else []
+    ends = accumulate(map(len, pieces), initial=start)  # without the newlines
     return [end + i for i, end in enumerate(ends)]
 
 

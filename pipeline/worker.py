@@ -37,7 +37,6 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from itertools import accumulate
 from typing import Any, BinaryIO, NamedTuple
 
 from pipeline import aggregates, fastpath, readers, steps
@@ -271,10 +270,8 @@ class TaskRunner:
 def _at_offsets(start: int, data: bytes, rejected: list[tuple[int, str]]) -> list[Rejected]:
     """Rejected lines of a block, from their index in the block to their byte offset in
     the (decompressed) file: what the generic path calls their position."""
-    last = rejected[-1][0]
-    sizes = map(len, data.split(b"\n", last)[:last])
-    offsets = list(accumulate(sizes, initial=0))  # of line i: offsets[i] + i newlines
-    return [(start + offsets[i] + i, reason) for i, reason in rejected]
+    starts = readers.line_starts(start, data, rejected[-1][0] + 1)
+    return [(starts[i], reason) for i, reason in rejected]
 
 
 # Records out of the chain are added to the stats this many at a time: enough to pay the

@@ -605,3 +605,4 @@ def test_line_positions_are_the_lines_byte_offsets(
     indices = [i % len(lines) for i in asked]
     for i in sorted(indices) if in_order else indices:
         assert positions(i) == starts[i]
+        assert readers.line_starts(start, data, i + 1) == starts[: i + 1]  # split no further
