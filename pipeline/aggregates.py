@@ -55,7 +55,7 @@ from itertools import compress
 from operator import itemgetter
 from typing import Any
 
-from pipeline.columns import IntColumn, column_of, int_values
+from pipeline.columns import Columns, IntColumn, column_of, int_values, shared_column
 from pipeline.conditions import (
     ColumnCondition,
     RecordsFilter,
@@ -496,11 +496,11 @@ class Aggregators:
             for record in records:
                 self.add(state, record)
             return
-        columns: dict[str, list[Any]] = {}  # of all the records, shared by their stats
+        taken: Columns = {}  # columns of all the records, shared by stats and conditions
         for name, field, keep in self._record_layout:
             acc = state.accumulators[name]
             if keep is not None:
-                chosen = keep(records)
+                chosen = keep(records, taken)
                 if field is None:
                     acc.n += len(chosen)
                 else:
@@ -508,10 +508,7 @@ class Aggregators:
             elif field is None:
                 acc.n += len(records)  # a plain count
             else:
-                values = columns.get(field)
-                if values is None:
-                    values = columns[field] = column_of(records, field)
-                acc.add_values(values)
+                acc.add_values(shared_column(taken, records, field))
 
     def partials(self, state: _State) -> dict[str, Any]:
         return {name: acc.partial() for name, acc in state.accumulators.items()}

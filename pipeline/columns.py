@@ -35,6 +35,15 @@ def int_values(values: list[Any]) -> list[int] | None:
     return None
 
 
+def shared_column(taken: Columns, records: Sequence[Mapping[str, Any]], field: str) -> list[Any]:
+    """``column_of(records, field)``, taken once: ``taken`` holds the columns of
+    ``records`` already taken (stats and their ``where:`` reading one field share it)."""
+    values = taken.get(field)
+    if values is None:
+        values = taken[field] = column_of(records, field)
+    return values
+
+
 def column_of(records: Sequence[Mapping[str, Any]], field: str) -> list[Any]:
     """The values of ``field`` in ``records``, None where a record lacks it. Records out
     of the step chain are plain dicts, so when every one has the field a C-level

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from itertools import compress, repeat
 from typing import Any
 
-from pipeline.columns import IntColumn, column_of
+from pipeline.columns import Columns, IntColumn, shared_column
 
 OPS: tuple[str, ...] = ("==", "!=", "<", "<=", ">", ">=", "in", "not_in", "contains", "matches")
 
@@ -143,7 +143,8 @@ def compile_column_condition(spec: Mapping[str, Mapping[str, Any]]) -> ColumnCon
     return mask
 
 
-RecordsFilter = Callable[[list[Any]], list[Any]]
+# records, and the columns of them already taken (filled in here as needed) -> records kept
+RecordsFilter = Callable[[list[Any], Columns], list[Any]]
 
 
 def compile_records_filter(spec: Mapping[str, Mapping[str, Any]]) -> RecordsFilter:
@@ -156,12 +157,12 @@ def compile_records_filter(spec: Mapping[str, Mapping[str, Any]]) -> RecordsFilt
     other checks go record by record."""
     condition = compile_condition(spec)  # the same checks, the same errors
     if not all(op in _ORDERING for ops in spec.values() for op in ops):
-        return lambda records: list(filter(condition, records))
+        return lambda records, taken: list(filter(condition, records))
     mask = compile_column_condition(spec)
     fields = tuple(spec)
 
-    def keep(records: list[Any]) -> list[Any]:
-        columns = {field: column_of(records, field) for field in fields}
+    def keep(records: list[Any], taken: Columns) -> list[Any]:
+        columns = {field: shared_column(taken, records, field) for field in fields}
         return list(compress(records, mask(columns, len(records))))
 
     return keep

@@ -4,7 +4,7 @@ never change a result."""
 from __future__ import annotations
 
 from pipeline import aggregates
-from pipeline.columns import IntColumn, column_of, int_values
+from pipeline.columns import IntColumn, column_of, int_values, shared_column
 from pipeline.conditions import compile_column_condition
 
 
@@ -23,6 +23,14 @@ def test_column_of_reads_a_missing_field_as_none() -> None:
     assert column_of([{"a": 1}, {"b": 2}, {"a": 3}], "a") == [1, None, 3]
     assert column_of([{"b": 2}], "a") == [None]
     assert column_of([], "a") == []
+
+
+def test_shared_column_is_taken_once() -> None:
+    records = [{"a": 1}, {"b": 2}]
+    taken: dict[str, list] = {}
+    first = shared_column(taken, records, "a")
+    assert first == [1, None] and taken == {"a": first}
+    assert shared_column(taken, records, "a") is first
 
 
 def test_tagged_and_plain_columns_give_the_same_stats_and_masks() -> None:

@@ -262,5 +262,5 @@ def test_a_records_filter_keeps_what_the_condition_keeps(
             spec.setdefault(field, {})[op] = "m"  # a str operand orders strings
     keep = compile_records_filter(spec)
     condition = compile_condition(spec)
-    assert keep(records) == [record for record in records if condition(record)]
-    assert keep([]) == []
+    assert keep(records, {}) == [record for record in records if condition(record)]
+    assert keep([], {}) == []
