@@ -190,9 +190,17 @@ def _compile_chain(
     # The usual log job's ends run inline: a first step matching a regex on ``line`` (the
     # reader's field is always a str: the step's checks can go) and a last step calling
     # a plugin record by record (one Python call less per record).
-    line_match = _line_matcher(specs[0]) if specs else None
+    line_pattern = _line_pattern(specs[0]) if specs else None
+    line_match = line_pattern.match if line_pattern is not None else None
     last_call = _record_call(specs[-1]) if specs else None
-    middle = fns[int(line_match is not None) : total - int(last_call is not None)]
+    # ... and ``types`` right after that regex, when it makes ints of its groups: inline
+    # too, with the step itself for any value the inline test does not settle.
+    groups = line_pattern.groupindex if line_pattern is not None else {}
+    line_ints = _line_ints(groups, specs[1]) if groups and total > 1 else None
+    int_fields, int_nulls = line_ints or ((), frozenset())
+    line_types = fns[1] if line_ints is not None else None
+    first_middle = int(line_match is not None) + int(line_ints is not None)
+    middle = fns[first_middle : total - int(last_call is not None)]
     no_match = _Malformed(REGEX_NO_MATCH)
     call_name, func = last_call or ("", None)
 
@@ -229,6 +237,24 @@ def _compile_chain(
                         on_bad(i, _settle(no_match, out))
                         continue
                     record.update(found.groupdict())
+                    for field in int_fields:
+                        value = record[field]
+                        if value in int_nulls:
+                            record[field] = None
+                            continue
+                        if type(value) is str and value.isdecimal():
+                            try:
+                                record[field] = int(value)
+                                continue
+                            except ValueError:  # more digits than int() takes
+                                pass
+                        record = line_types(record)  # the step decides, fields done stay
+                        break
+                    if type(record) is not dict:
+                        bad = _settle(record, out)
+                        if bad:
+                            on_bad(i, bad)
+                        continue
                 for fn in middle:
                     record = fn(record)
                     if type(record) is not dict:
@@ -337,12 +363,33 @@ def _record_call(spec: Mapping[str, Any]) -> tuple[str, Callable[[Any], Any]] | 
     return name, load_callable(name)  # loaded (and checked) by _call_step
 
 
-def _line_matcher(spec: Mapping[str, Any]) -> Callable[[str], re.Match[str] | None] | None:
-    """The ``match`` of a compiled ``regex`` step on the field ``line``, else None."""
+def _line_pattern(spec: Mapping[str, Any]) -> re.Pattern[str] | None:
+    """The compiled pattern of a ``regex`` step on the field ``line``, else None."""
     arg = spec.get("regex") if isinstance(spec, Mapping) and len(spec) == 1 else None
     if isinstance(arg, Mapping) and arg.get("field") == "line":
-        return re.compile(arg["pattern"]).match  # compiled (and checked) by _regex_step
+        return re.compile(arg["pattern"])  # compiled (and checked) by _regex_step
     return None
+
+
+def _line_ints(
+    groups: Mapping[str, int], spec: Mapping[str, Any]
+) -> tuple[tuple[str, ...], frozenset[str]] | None:
+    """The fields and nulls of a ``types`` step when every field it converts is an ``int``
+    taken from one of the named ``groups`` of the regex before it, and no null would
+    convert as an int (so a value's two tests may come in either order); else None."""
+    arg = spec.get("types") if isinstance(spec, Mapping) and len(spec) == 1 else None
+    if not isinstance(arg, Mapping) or not isinstance(arg.get("fields"), Mapping):
+        return None
+    fields, nulls = arg["fields"], tuple(arg.get("nulls") or ())
+    if not fields or any(kind != "int" or field not in groups for field, kind in fields.items()):
+        return None
+    for null in nulls:
+        try:
+            _to_int(null)
+        except _NOT_CONVERTIBLE:
+            continue
+        return None
+    return tuple(fields), frozenset(nulls)
 
 
 # --- types -------------------------------------------------------------------------------

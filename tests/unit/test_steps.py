@@ -429,3 +429,78 @@ def test_call_bad_reference_raises_value_error(plugin: str, ref: str, message: s
 def test_bad_specs_raise_value_error(spec: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="step 1"):
         compile_steps([spec])
+
+
+# --- a regex on line then types of its groups as ints: inline in the loop over lines -------
+
+import re  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pipeline.steps import _compile_chain, _line_ints  # noqa: E402
+
+GROUPS_RE = r"^(?P<a>[^,]*),(?P<b>[^,]*)(?:,(?P<c>[^,]*))?$"
+
+int_texts = st.one_of(
+    st.integers(-(10**6), 10**6).map(str),
+    st.text(alphabet="0123456789 +-_٣x.", max_size=6),
+    st.sampled_from(["", "-", "n/a", "0", "1_000", " 42 ", "+7", "٣", "1" * 5000]),
+)
+
+
+@pytest.mark.parametrize(
+    "fields, nulls, fused",
+    [
+        ({"a": "int", "c": "int"}, ["-"], True),
+        ({"a": "int"}, [], True),
+        ({"a": "int", "c": "float"}, ["-"], False),  # not only ints
+        ({"a": "int", "line": "int"}, [], False),  # not only the regex's groups
+        ({"a": "int"}, ["-", " 0"], False),  # a null that converts as an int
+    ],
+)
+def test_types_of_the_line_regex_are_inline_only_when_they_may_be(
+    fields: dict[str, str], nulls: list[str], fused: bool
+) -> None:
+    groups = re.compile(GROUPS_RE).groupindex
+    assert (_line_ints(groups, types(fields, nulls)) is not None) is fused
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.tuples(int_texts, int_texts, st.one_of(st.none(), int_texts)), max_size=12),
+    nulls=st.sampled_from([[], ["-"], ["-", "n/a", ""], ["0"]]),
+    kinds=st.sampled_from([{"a": "int", "c": "int"}, {"a": "int", "b": "int"}, {"c": "int"}]),
+    then=st.sampled_from([[], [{"select": ["a", "c"]}]]),
+)
+def test_inline_ints_give_what_the_types_step_gives(
+    values: list[tuple[str, str, str | None]],
+    nulls: list[str],
+    kinds: dict[str, str],
+    then: list[dict[str, Any]],
+) -> None:
+    """The loop over lines (``feed_lines``, with the types inline when ``_line_ints``
+    allows) against the chain record by record: the same records, the same malformed
+    lines with the same reasons, for any value an int field may hold."""
+    lines = [",".join(v for v in row if v is not None) for row in values]
+    specs = [{"regex": {"pattern": GROUPS_RE, "field": "line"}}, types(kinds, nulls), *then]
+    want_reasons: list[str] = []
+    chain = compile_steps(specs, want_reasons)
+    want: list[dict] = []
+    want_bad: list[tuple[int, int]] = []
+    for i, line in enumerate(lines):
+        records, bad = chain({"line": line})
+        want += records
+        if bad:
+            want_bad.append((i, bad))
+    got_reasons: list[str] = []
+    _, _, feed_lines = _compile_chain(specs, got_reasons, first=0, then_more=False)
+    got: list[dict] = []
+    got_bad: list[tuple[int, int]] = []
+    feed_lines(lines, got, lambda i, n: got_bad.append((i, n)), [])
+    assert got == want
+    assert [[type(v) for v in r.values()] for r in got] == [
+        [type(v) for v in r.values()] for r in want
+    ]
+    assert got_bad == want_bad
+    assert got_reasons == want_reasons
