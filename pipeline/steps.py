@@ -230,24 +230,24 @@ def _compile_chain(
         i = 0
         try:
             for i, line in enumerate(lines):
-                record: Any = {"line": line}
+                record: Any
                 if line_match is not None:
                     found = line_match(line)
                     if found is None:
                         on_bad(i, _settle(no_match, out))
                         continue
-                    record.update(found.groupdict())
+                    record = {"line": line, **found.groupdict()}
                     for field in int_fields:
                         value = record[field]
+                        try:
+                            if value.isdecimal():
+                                record[field] = int(value)
+                                continue
+                        except (AttributeError, ValueError):  # None; too many digits for int()
+                            pass
                         if value in int_nulls:
                             record[field] = None
                             continue
-                        if type(value) is str and value.isdecimal():
-                            try:
-                                record[field] = int(value)
-                                continue
-                            except ValueError:  # more digits than int() takes
-                                pass
                         record = line_types(record)  # the step decides, fields done stay
                         break
                     if type(record) is not dict:
@@ -255,6 +255,8 @@ def _compile_chain(
                         if bad:
                             on_bad(i, bad)
                         continue
+                else:
+                    record = {"line": line}
                 for fn in middle:
                     record = fn(record)
                     if type(record) is not dict:
