@@ -207,6 +207,13 @@ def _compile_chain(
     def call_rejected(i: int, exc: MalformedRecord, out: list[dict], on_bad: OnBad) -> None:
         on_bad(i, _settle(_Malformed(_call_reason(call_name, exc)), out))
 
+    def settle_at(i: int, result: Any, out: list[dict], on_bad: OnBad) -> None:
+        """A step's result for line ``i`` that is not one record: its records out, and
+        ``on_bad`` told of its malformed ones."""
+        bad = _settle(result, out)
+        if bad:
+            on_bad(i, bad)
+
     def call_other(i: int, result: Any, out: list[dict], on_bad: OnBad) -> None:
         """The last call returned something other than a dict: None, a mapping (a dict of
         it goes out), a fan-out of several records."""
@@ -216,9 +223,7 @@ def _compile_chain(
         if type(record) is dict:
             out.append(record)
             return
-        bad = _settle(record, out)
-        if bad:
-            on_bad(i, bad)
+        settle_at(i, record, out, on_bad)
 
     def feed_lines(lines: list[str], out: list[dict], on_bad: OnBad, failed_at: list[int]) -> None:
         """``feed`` over the records ``{"line": line}`` of ``lines``, in one loop: no
@@ -251,18 +256,14 @@ def _compile_chain(
                         record = line_types(record)  # the step decides, fields done stay
                         break
                     if type(record) is not dict:
-                        bad = _settle(record, out)
-                        if bad:
-                            on_bad(i, bad)
+                        settle_at(i, record, out, on_bad)
                         continue
                 else:
                     record = {"line": line}
                 for fn in middle:
                     record = fn(record)
                     if type(record) is not dict:
-                        bad = _settle(record, out)
-                        if bad:
-                            on_bad(i, bad)
+                        settle_at(i, record, out, on_bad)
                         break
                 else:
                     if func is not None:
