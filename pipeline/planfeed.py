@@ -71,7 +71,7 @@ class PlanFeed:
                             file.path,
                             rows,
                             drop=decision.drop,
-                            touched_mtime=file.mtime_ns if decision.touched else None,
+                            touched=(file.size, file.mtime_ns) if decision.touched else None,
                             run=run,
                         )
                     for task in run:

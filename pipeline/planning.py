@@ -20,12 +20,21 @@ from itertools import pairwise
 from typing import IO, NamedTuple
 
 from pipeline.chunking import is_splittable, split_ranges
-from pipeline.digest import file_digest
+from pipeline.digest import EDGES, byte_at, still_holds
 from pipeline.errors import StoreError
 from pipeline.models import EACH_TASK_ANNOUNCED_UP_TO, Batch, InputFile, TaskSpec, covers_file
 from pipeline.store.ledger import TaskRow
 
-REASONS = ("new", "changed", "config-changed", "failed-before", "interrupted", "full", "unchanged")
+REASONS = (
+    "new",
+    "changed",
+    "grew",
+    "config-changed",
+    "failed-before",
+    "interrupted",
+    "full",
+    "unchanged",
+)
 
 
 def task_id(
@@ -42,7 +51,8 @@ class FileDecision(NamedTuple):
     run: list[TaskSpec]
     skip: list[TaskSpec]
     drop: bool = False  # its earlier rows go when the plan is recorded (new ones replace them)
-    touched: bool = False  # same bytes, new mtime: its rows take ``file.mtime_ns``
+    touched: bool = False  # same bytes (maybe more after them): its rows take the file's
+    # size and mtime
 
 
 @dataclass
@@ -54,7 +64,7 @@ class Plan:
     run: list[TaskSpec] = field(default_factory=list)
     skip: list[TaskSpec] = field(default_factory=list)
     drop_paths: list[str] = field(default_factory=list)  # files whose old tasks are replaced
-    touched: list[tuple[str, int]] = field(default_factory=list)  # (path, new mtime_ns)
+    touched: list[tuple[str, int, int]] = field(default_factory=list)  # (path, size, mtime_ns)
 
     n_files: int = 0
     n_run: int = 0
@@ -85,7 +95,8 @@ class Plan:
             if decision.drop:
                 self.drop_paths.append(decision.file.path)
             if decision.touched:
-                self.touched.append((decision.file.path, decision.file.mtime_ns))
+                file = decision.file
+                self.touched.append((file.path, file.size, file.mtime_ns))
 
     def add_task(self, task: TaskSpec) -> None:
         """A file planned as one task to run (``Planner.fresh_task``): ``add`` in short."""
@@ -102,17 +113,27 @@ class Plan:
 
 
 def new_tasks(
-    file: InputFile, fmt: str, chunk_size: int, result_key: str, reason: str, spread: int = 1
+    file: InputFile,
+    fmt: str,
+    chunk_size: int,
+    result_key: str,
+    reason: str,
+    spread: int = 1,
+    start: int = 0,
 ) -> list[TaskSpec]:
     """Cut a file into range tasks, or one whole-file task when it cannot be split;
-    ``spread``: the worker count the ranges are spread over (``split_ranges``)."""
+    ``spread``: the worker count the ranges are spread over (``split_ranges``); ``start``:
+    where the bytes to process begin (a file that grew)."""
     path, size, mtime_ns, compression = file
     if not is_splittable(fmt, compression):
         ranges: Iterable[tuple[int, int | None]] = [(0, None)]
-    elif size <= chunk_size:  # the usual case, without the general cut
-        ranges = [(0, size)]
+    elif size - start <= chunk_size:  # the usual case, without the general cut
+        ranges = [(start, size - start)]
     else:
-        ranges = split_ranges(size, chunk_size, spread)
+        ranges = [
+            (start + offset, length)
+            for offset, length in split_ranges(size - start, chunk_size, spread)
+        ]
     return [
         TaskSpec(
             task_id(path, offset, length, size, mtime_ns, result_key),
@@ -188,8 +209,18 @@ class Planner:
         )
         same_config = bool(rows) and all(r.result_key == result_key for r in rows)
         touched = False
-        if rows and not same_input and same_config and not full and _only_touched(file, rows):
-            touched = same_input = True
+        if rows and not same_input and same_config and not full:
+            if _only_touched(file, rows):
+                touched = same_input = True
+            elif is_splittable(self.fmt, file.compression):
+                end = _grown_from(file, rows)
+                if end is not None and self._parts_present(rows):
+                    run = self._new_tasks(file, "grew", start=end)
+                    skip = [
+                        r.spec("unchanged")._replace(size=file.size, mtime_ns=file.mtime_ns)
+                        for r in rows
+                    ]
+                    return FileDecision(file, run, skip, touched=True)
         if rows and same_input and same_config and not full:
             run: list[TaskSpec] = []
             skip: list[TaskSpec] = []
@@ -213,8 +244,17 @@ class Planner:
             reason = "config-changed"
         return FileDecision(file, self._new_tasks(file, reason), [], drop=bool(rows))
 
-    def _new_tasks(self, file: InputFile, reason: str) -> list[TaskSpec]:
-        return new_tasks(file, self.fmt, self.chunk_size, self.result_key, reason, self.spread)
+    def _new_tasks(self, file: InputFile, reason: str, start: int = 0) -> list[TaskSpec]:
+        return new_tasks(
+            file, self.fmt, self.chunk_size, self.result_key, reason, self.spread, start
+        )
+
+    def _parts_present(self, rows: Sequence[TaskRow]) -> bool:
+        """Whether every row's records are still in its part file (``_reuse_reason``)."""
+        part_sizes = self._part_sizes if self.parts_dir is not None else None
+        return all(
+            _reuse_reason(row, part_sizes, self.parts_dir or "") == "unchanged" for row in rows
+        )
 
 
 def join_rows(
@@ -268,16 +308,47 @@ def _covers(row: TaskRow) -> bool:
 
 def _only_touched(file: InputFile, rows: Sequence[TaskRow]) -> bool:
     """A small file whose mtime moved but whose bytes are those already processed (a
-    ``touch``, a copy that kept the content): checked by content, where that is cheap."""
+    ``touch``, a copy that kept the content): checked by content, where that is cheap
+    (all of its bytes, digested whole)."""
     if len(rows) != 1:
         return False
     (row,) = rows
-    if row.status != "done" or row.content is None or row.size != file.size:
+    content = row.content
+    if row.status != "done" or content is None or content.startswith(EDGES):
+        return False
+    if row.size != file.size:
         return False
     try:
-        return file_digest(file.path) == row.content
+        return still_holds(file.path, 0, file.size, content)
     except OSError:
         return False
+
+
+def _grown_from(file: InputFile, rows: Sequence[TaskRow]) -> int | None:
+    """Where a file that only grew since its rows were done starts anew, or None: the rows
+    (in offset order) are done and cover ``[0, end)`` with ``end`` short of the file's
+    size, the byte before ``end`` ends a line, and the first and last rows' bytes are
+    still those they digested (their edges, for a long range: the proof stays cheap)."""
+    rows = sorted(rows, key=lambda row: row.offset)
+    end = 0
+    for row in rows:
+        if row.status != "done" or row.content is None or row.length is None:
+            return None
+        if row.offset != end:
+            return None
+        end += row.length
+    if not 0 < end < file.size:
+        return None
+    first, last = rows[0], rows[-1]
+    try:
+        if byte_at(file.path, end - 1) != b"\n":
+            return None
+        for row in (first, last) if last is not first else (first,):
+            if not still_holds(file.path, row.offset, row.length or 0, row.content or ""):
+                return None
+    except OSError:
+        return None
+    return end
 
 
 def _task_bytes(task: TaskSpec) -> int:

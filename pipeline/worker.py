@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, NamedTuple
 
 from pipeline import aggregates, fastpath, readers, steps
-from pipeline.digest import reads_small_file
+from pipeline.digest import range_digest, reads_small_file
 from pipeline.heap import keep_freed_heap
 from pipeline.models import (
     MALFORMED_SAMPLE_SIZE,
@@ -186,10 +186,13 @@ class TaskRunner:
                 )
             sink.flush()
             result.content = counters.content
-            if counters.content is None:  # read as a stream: the file as it was opened...
+            if counters.content is None:  # read as a stream
+                if task.length is not None:  # a range of lines: what the next run checks
+                    result.content = range_digest(task.path, task.offset, task.length)
+                # the file as it was opened, and as it is now, after reading and digesting
                 if counters.opened is not None:
                     check_unchanged(task, counters.opened)
-                check_unchanged(task)  # ...and as it is now, after reading
+                check_unchanged(task)
             # A small file read whole needs no second look: one read took one version of
             # its bytes, of the planned length; ``content`` names that version, and the
             # next run, seeing a new mtime, compares it with the file as it is then.

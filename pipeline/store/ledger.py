@@ -9,8 +9,9 @@ A batch of small whole files that all succeed is one task of the ledger: one row
 (JSON), next to the batch's totals and merged partials. Writing 20,000 tiny files as
 20,000 rows cost the main process more than the workers spent reading them; as 80 rows it
 costs almost nothing. Readers see every member as a ``TaskRow`` like any other: the
-packing is this module's business. A path is in at most one place: one or more rows of
-``tasks``, or one member of one batch row.
+packing is this module's business. A byte range of a path is in one place only: a row of
+``tasks`` or a member of a batch row (a small file that grew keeps its first range as a
+member, and its new ranges are rows of ``tasks``).
 """
 
 from __future__ import annotations
@@ -450,16 +451,16 @@ class Ledger:
         planned: Iterable[TaskSpec],
         result_key: str,
         run_id: int,
-        touched: Iterable[tuple[str, int]] = (),
+        touched: Iterable[tuple[str, int, int]] = (),
     ) -> None:
         """A whole plan's changes in one transaction (see ``PlanRecorder``), for callers
         that hold the plan as lists: the batch rows holding the paths are found by a scan."""
         touched = list(touched)
         drop_paths = list(drop_paths)
         with self.recording_plan(result_key, run_id) as rec:
-            holder = self._batches_holding({p for p, _ in touched} | set(drop_paths))
-            for path, mtime_ns in touched:
-                rec.touch(path, mtime_ns, holder.get(path))
+            holder = self._batches_holding({t[0] for t in touched} | set(drop_paths))
+            for path, size, mtime_ns in touched:
+                rec.touch(path, size, mtime_ns, holder.get(path))
             for path in drop_paths:
                 rec.drop(path, holder.get(path))
             rec.pending(planned)
@@ -631,7 +632,8 @@ class PlanRecorder:
     """A plan's changes to the ledger, file by file, inside ``Ledger.recording_plan``:
 
     - a changed file's earlier results go (``drop``): its rows, or its place in a batch row;
-    - a touched file (same bytes, new mtime) keeps them under the new mtime (``touch``);
+    - a touched file (same bytes, new mtime) or one that only grew keeps them under its
+      new size and mtime (``touch``);
     - the ranges of split files are recorded as pending (``pending``). A task that is its
       file's only one gets no pending row: it is written once, when it is committed.
       Pending rows are what keeps a split file's ranges across an interruption: a file
@@ -646,7 +648,7 @@ class PlanRecorder:
         self._db = db
         self._result_key = result_key
         self._run_id = run_id
-        self._edits: dict[str, tuple[set[str], dict[str, int]]] = {}
+        self._edits: dict[str, tuple[set[str], dict[str, tuple[int, int]]]] = {}
 
     def file(
         self,
@@ -654,27 +656,29 @@ class PlanRecorder:
         rows: Sequence[TaskRow],
         *,
         drop: bool,
-        touched_mtime: int | None,
+        touched: tuple[int, int] | None,
         run: Iterable[TaskSpec],
     ) -> None:
-        """One planned file, given the ledger rows planning saw for it."""
+        """One planned file, given the ledger rows planning saw for it; ``touched``: the
+        (size, mtime) its kept rows take."""
         in_tasks = any(r.batch_id is None for r in rows)
         batch_id = next((r.batch_id for r in rows if r.batch_id is not None), None)
-        if touched_mtime is not None:
-            self.touch(path, touched_mtime, batch_id, in_tasks=in_tasks)
+        if touched is not None:
+            self.touch(path, *touched, batch_id, in_tasks=in_tasks)
         if drop:
             self.drop(path, batch_id, in_tasks=in_tasks)
         self.pending(run)
 
     def touch(
-        self, path: str, mtime_ns: int, batch_id: str | None, *, in_tasks: bool = True
+        self, path: str, size: int, mtime_ns: int, batch_id: str | None, *, in_tasks: bool = True
     ) -> None:
         if in_tasks:
             self._db.execute(
-                "UPDATE tasks SET mtime_ns = ? WHERE path = ?", (mtime_ns, os.fsencode(path))
+                "UPDATE tasks SET size = ?, mtime_ns = ? WHERE path = ?",
+                (size, mtime_ns, os.fsencode(path)),
             )
         if batch_id is not None:
-            self._edit(batch_id)[1][path] = mtime_ns
+            self._edit(batch_id)[1][path] = (size, mtime_ns)
 
     def drop(self, path: str, batch_id: str | None, *, in_tasks: bool = True) -> None:
         if in_tasks:
@@ -691,7 +695,7 @@ class PlanRecorder:
         if rows:
             self._db.executemany(_PENDING, rows)
 
-    def _edit(self, batch_id: str) -> tuple[set[str], dict[str, int]]:
+    def _edit(self, batch_id: str) -> tuple[set[str], dict[str, tuple[int, int]]]:
         edit = self._edits.get(batch_id)
         if edit is None:
             if len(self._edits) >= self.FLUSH_AT:
@@ -701,7 +705,7 @@ class PlanRecorder:
 
     def flush(self) -> None:
         """Apply the waiting batch edits: members dropped (a row left empty goes) or given
-        a new mtime. A batch that loses a member loses its merged partials: its members'
+        a new size and mtime. A batch that loses a member loses its merged partials: its members'
         own stand in for them."""
         for batch_id, (drop, touched) in self._edits.items():
             found = self._db.execute(
@@ -716,7 +720,9 @@ class PlanRecorder:
                 continue
             for member in kept:
                 if member[packing.M_PATH] in touched:
-                    member[packing.M_MTIME] = touched[member[packing.M_PATH]]
+                    member[packing.M_SIZE], member[packing.M_MTIME] = touched[
+                        member[packing.M_PATH]
+                    ]
             merged = found[1] if len(kept) == len(members) else None
             self._db.execute(
                 "UPDATE batches SET first_path = ?, files = ?, records_in = ?, records_out = ?,"

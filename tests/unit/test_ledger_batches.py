@@ -1,7 +1,7 @@
 """Batch rows of the ledger: the done whole files of a batch packed into one row.
 
 Readers (planning, the outputs, counts, partials) must see exactly what one row per file
-would have shown them; writers must keep every path in one place only.
+would have shown them; writers must keep every byte range of a path in one place only.
 """
 
 from __future__ import annotations
@@ -155,9 +155,12 @@ def test_a_changed_member_leaves_its_batch_and_the_others_keep_their_stats(
 ) -> None:
     run = ledger.start_run("job", "k")
     commit_batch(ledger, run, ["/a", "/b", "/c"], [1, 2, 4])
-    ledger.replace_tasks(["/b"], [task("/b")], "k", run, touched=[("/c", MTIME + 1)])
+    ledger.replace_tasks(["/b"], [task("/b")], "k", run, touched=[("/c", 12, MTIME + 1)])
     rows = list(ledger.tasks())
-    assert [(r.path, r.mtime_ns) for r in rows] == [("/a", MTIME), ("/c", MTIME + 1)]
+    assert [(r.path, r.size, r.mtime_ns) for r in rows] == [
+        ("/a", 10, MTIME),
+        ("/c", 12, MTIME + 1),
+    ]
     # the batch's merge included /b: the remaining members' own partials stand in
     assert sorted(p["n"] for p in ledger.committed_partials("k")) == [1, 4]
     assert ledger.committed_counts("k")["in"] == 5
@@ -169,7 +172,7 @@ def test_a_changed_member_leaves_its_batch_and_the_others_keep_their_stats(
 def test_a_touched_member_keeps_the_merge(ledger: Ledger) -> None:
     run = ledger.start_run("job", "k")
     commit_batch(ledger, run, ["/a", "/b"], [1, 2])
-    ledger.replace_tasks([], [], "k", run, touched=[("/a", MTIME + 5)])
+    ledger.replace_tasks([], [], "k", run, touched=[("/a", 10, MTIME + 5)])
     assert [p["n"] for p in ledger.committed_partials("k")] == [3]
     assert [r.mtime_ns for r in ledger.tasks()] == [MTIME + 5, MTIME]
 

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.digest import file_digest
+from pipeline import digest
+from pipeline.digest import bytes_digest, range_digest
 from pipeline.models import Batch, InputFile, TaskSpec
 from pipeline.planning import (
     DASK_BATCHES,
@@ -604,10 +605,10 @@ def test_a_touched_file_rerun_uses_its_new_mtime(tmp_path: Path) -> None:
     st = path.stat()
     old = InputFile(str(path), st.st_size, st.st_mtime_ns - 10**9)
     (row,) = rows_for(old, 100, part_size=5)  # its records are gone: re-run
-    row = dataclasses.replace(row, content=file_digest(str(path)))
+    row = dataclasses.replace(row, content=bytes_digest(path.read_bytes()))
     now = InputFile(str(path), st.st_size, st.st_mtime_ns)
     p = plan([now], {now.path: [row]}, parts_dir=tmp_path / "parts")
-    assert p.touched == [(now.path, now.mtime_ns)]
+    assert p.touched == [(now.path, now.size, now.mtime_ns)]
     assert [(t.reason, t.mtime_ns) for t in p.run] == [("interrupted", now.mtime_ns)]
 
 
@@ -623,17 +624,15 @@ def test_plan_defaults_are_empty() -> None:
 
 
 def test_a_touched_small_file_with_the_same_bytes_is_unchanged(tmp_path: Path) -> None:
-    from pipeline.digest import file_digest
-
     path = tmp_path / "a.log"
     path.write_bytes(b"one\ntwo\n")
     old = InputFile(str(path), 8, MTIME)
     (row,) = rows_for(old, 100, part=None)
-    row = dataclasses.replace(row, length=None, content=file_digest(str(path)))
+    row = dataclasses.replace(row, length=None, content=bytes_digest(path.read_bytes()))
     touched = InputFile(str(path), 8, MTIME + 5)
     p = plan([touched], {touched.path: [row]}, parts_dir=tmp_path)
     assert [t.reason for t in p.skip] == ["unchanged"] and p.run == []
-    assert p.touched == [(str(path), MTIME + 5)] and p.drop_paths == []
+    assert p.touched == [(str(path), 8, MTIME + 5)] and p.drop_paths == []
     path.write_bytes(b"one\nTWO\n")  # same size, other bytes: changed
     p = plan([touched], {touched.path: [row]}, parts_dir=tmp_path)
     assert [t.reason for t in p.run] == ["changed"] and p.touched == []
@@ -675,3 +674,81 @@ def test_batches_taken_while_planning_keep_the_rule(
     assert taken[before_end : before_end + n_big] == big  # first once the plan is over
     assert taken[:before_end] + taken[before_end + n_big :] == small
     assert sorted(t.task_id for b in taken for t in b.tasks) == sorted(t.task_id for t in p.run)
+
+
+# --- files that grew ---------------------------------------------------------------------
+
+
+def digested_rows(path: Path, chunk_size: int) -> list[TaskRow]:
+    """Done rows over ``path`` as it is, each with the digest its worker would keep."""
+    st_ = path.stat()
+    file = InputFile(str(path), st_.st_size, st_.st_mtime_ns)
+    return [
+        dataclasses.replace(row, content=range_digest(str(path), row.offset, row.length or 0))
+        for row in rows_for(file, chunk_size, part=None)
+    ]
+
+
+def reasons_now(path: Path, rows: list[TaskRow], chunk_size: int) -> list[tuple[str, int]]:
+    st_ = path.stat()
+    now = InputFile(str(path), st_.st_size, st_.st_mtime_ns + 1)
+    p = plan([now], {now.path: rows}, chunk_size=chunk_size)
+    return sorted((t.reason, t.offset) for t in (*p.run, *p.skip))
+
+
+def test_a_grown_file_is_proven_by_the_edges_of_its_first_and_last_ranges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranges longer than two edges keep the digest of their edges only: an edit there
+    is seen, one between them is not (the price of a cheap proof, documented)."""
+    monkeypatch.setattr(digest, "EDGE", 4)
+    path = tmp_path / "a.log"
+    text = b"".join(b"line %03d\n" % i for i in range(40))  # 360 bytes, 9 a line
+    path.write_bytes(text)
+    rows = digested_rows(path, 120)  # three ranges of 120 bytes
+    assert all(row.content and row.content.startswith(digest.EDGES) for row in rows)
+    path.write_bytes(text + b"line 040\n")
+    assert reasons_now(path, rows, 120) == [
+        ("grew", 360),
+        ("unchanged", 0),
+        ("unchanged", 120),
+        ("unchanged", 240),
+    ]
+    for at, seen in ((1, True), (60, False), (180, False), (358, True), (356, True)):
+        path.write_bytes(text[:at] + b"X" + text[at + 1 :] + b"line 040\n")
+        reasons = {reason for reason, _ in reasons_now(path, rows, 120)}
+        assert reasons == ({"changed"} if seen else {"unchanged", "grew"}), at
+
+
+def test_a_grown_file_needs_its_processed_part_done_and_ended_at_a_line_end(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "a.log"
+    path.write_bytes(b"one\ntwo\nthr")
+    rows = digested_rows(path, 4)
+    path.write_bytes(b"one\ntwo\nthree\n")  # the last processed line was unfinished
+    assert {reason for reason, _ in reasons_now(path, rows, 4)} == {"changed"}
+    path.write_bytes(b"one\ntwo\n")
+    rows = digested_rows(path, 4)
+    path.write_bytes(b"one\ntwo\nthree\n")
+    assert reasons_now(path, rows, 100) == [("grew", 8), ("unchanged", 0), ("unchanged", 4)]
+    failed = [rows[0], dataclasses.replace(rows[1], status="failed")]
+    assert {reason for reason, _ in reasons_now(path, failed, 4)} == {"changed"}
+    assert {reason for reason, _ in reasons_now(path, rows[1:], 4)} == {"changed"}  # a gap
+    no_digest = [rows[0], dataclasses.replace(rows[1], content=None)]
+    assert {reason for reason, _ in reasons_now(path, no_digest, 4)} == {"changed"}
+    other_config = [dataclasses.replace(r, result_key="other") for r in rows]
+    assert {reason for reason, _ in reasons_now(path, other_config, 4)} == {"changed"}
+
+
+def test_a_grown_file_keeps_its_rows_under_its_new_size(tmp_path: Path) -> None:
+    path = tmp_path / "a.log"
+    path.write_bytes(b"one\ntwo\n")
+    rows = digested_rows(path, 100)
+    path.write_bytes(b"one\ntwo\nthree\n")
+    st_ = path.stat()
+    now = InputFile(str(path), st_.st_size, st_.st_mtime_ns)
+    p = plan([now], {now.path: rows}, chunk_size=100)
+    assert p.touched == [(now.path, 14, now.mtime_ns)] and p.drop_paths == []
+    assert [(t.offset, t.length, t.size, t.reason) for t in p.run] == [(8, 6, 14, "grew")]
+    assert [(t.offset, t.size, t.mtime_ns) for t in p.skip] == [(0, 14, now.mtime_ns)]
