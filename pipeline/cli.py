@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -211,7 +211,8 @@ def plan(config: ConfigArg, overrides: SetOption = None, debug: DebugOption = Fa
     setup_logging(debug=debug)
 
     def body() -> int:
-        from pipeline.planning import Plan, join_rows
+        from pipeline.planning import FileDecision, Plan, join_rows
+        from pipeline.rotation import plan_growing
         from pipeline.runner import discover_inputs, plan_line, planner_for, report_discovery
         from pipeline.store.ledger import LEDGER_NAME, Ledger
 
@@ -224,11 +225,25 @@ def plan(config: ConfigArg, overrides: SetOption = None, debug: DebugOption = Fa
             rows = ledger.tasks_for_planning() if ledger is not None else iter(())
             planner = planner_for(cfg)
             the_plan = Plan(keep=False)
-            for file, file_rows in join_rows(files, rows):
-                decision = planner.decide(file, file_rows)
+            decisions: Iterable[FileDecision]
+            if planner.growing:
+                growing = plan_growing(
+                    files,
+                    rows,
+                    ledger.streams() if ledger is not None else [],
+                    ledger.seen() if ledger is not None else [],
+                    planner,
+                )
+                decisions = sorted(growing.decisions, key=lambda d: os.fsencode(d.file.path))
+            else:
+                decisions = (planner.decide(file, mine) for file, mine in join_rows(files, rows))
+            for decision in decisions:
                 the_plan.add(decision)
-                for task in sorted((*decision.run, *decision.skip), key=lambda t: t.offset):
+                tasks = sorted((*decision.run, *decision.skip), key=lambda t: t.offset)
+                for task in tasks:
                     sys.stdout.write(plan_line(task) + "\n")
+                if not tasks and decision.note:  # a growing log's copy, or one still waiting
+                    sys.stdout.write(f"{decision.note:<15} {decision.file.path}  nothing new\n")
         finally:
             if ledger is not None:
                 ledger.close()

@@ -49,6 +49,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from pipeline.aggregates import KINDS as STAT_KINDS
+from pipeline.chunking import SPLITTABLE_FORMATS
 from pipeline.discovery import glob_problem
 from pipeline.errors import ConfigError
 from pipeline.units import parse_duration, parse_size
@@ -207,6 +208,7 @@ class InputConfig(_Model):
     format: Literal["lines", "jsonl", "csv", "bytes"] = "lines"
     encoding: str = "utf-8"
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    growing: StrictBool = False  # logs still being written and rotated (see rotation.py)
 
     @field_validator("paths", mode="before")
     @classmethod
@@ -246,6 +248,16 @@ class InputConfig(_Model):
         if size < 1:
             _fail(f"must be at least 1 byte, got {value!r}")
         return size
+
+    @model_validator(mode="after")
+    def _growing_lines(self) -> InputConfig:
+        if self.growing and self.format not in SPLITTABLE_FORMATS:
+            _fail(
+                f"growing logs are read line by line: it needs format lines or jsonl, "
+                f"not {self.format}",
+                "growing",
+            )
+        return self
 
 
 class RegexStep(_Model):
@@ -651,6 +663,8 @@ class PipelineConfig(_Model):
             "stats": self.stat_specs(),
             "records": self.output.records,
         }
+        if self.input.growing:  # which bytes are records yet, and which files are copies
+            payload["growing"] = True
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

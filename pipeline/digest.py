@@ -26,29 +26,44 @@ def bytes_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def windows(offset: int, length: int, edges: bool) -> list[tuple[int, int]]:
+    """The ``(start, stop)`` byte windows a range's digest covers."""
+    stop = offset + length
+    return [(offset, offset + EDGE), (stop - EDGE, stop)] if edges else [(offset, stop)]
+
+
+def windows_digest(pieces: list[bytes], edges: bool) -> str:
+    """The digest of a range from the bytes of its ``windows``, as ``content`` names it."""
+    text = bytes_digest(b"".join(pieces))
+    return EDGES + text if edges else text
+
+
 def range_digest(path: str, offset: int, length: int, *, edges: bool | None = None) -> str | None:
     """The digest of ``[offset, offset + length)`` of a file as a task's ``content``
     names it, or None when the file holds fewer bytes. ``edges``: whether to digest only
     the two edges (by default, when the range is longer than two of them)."""
     if edges is None:
         edges = length > 2 * EDGE
+    pieces = []
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        if not edges:
-            data = _pread_all(fd, length, offset)
-            return bytes_digest(data) if len(data) == length else None
-        head = _pread_all(fd, EDGE, offset)
-        tail = _pread_all(fd, EDGE, offset + length - EDGE)
+        for start, stop in windows(offset, length, edges):
+            piece = _pread_all(fd, stop - start, start)
+            if len(piece) != stop - start:
+                return None
+            pieces.append(piece)
     finally:
         os.close(fd)
-    if len(head) != EDGE or len(tail) != EDGE:
-        return None
-    return EDGES + bytes_digest(head + tail)
+    return windows_digest(pieces, edges)
+
+
+def uses_edges(content: str) -> bool:
+    return content.startswith(EDGES)
 
 
 def still_holds(path: str, offset: int, length: int, content: str) -> bool:
     """Whether ``[offset, offset + length)`` of the file now is what ``content`` names."""
-    edges = content.startswith(EDGES)
+    edges = uses_edges(content)
     if edges and length < 2 * EDGE:
         return False
     return range_digest(path, offset, length, edges=edges) == content

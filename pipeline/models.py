@@ -60,6 +60,9 @@ class JobSpec:
     # True: a batch's records travel back with its result (its worker cannot reach
     # ``parts_dir``) and the main process writes the part file.
     records_back: bool = False
+    # True (``input.growing``): an input may grow while it is read; a task reads the
+    # bytes planned for it and no more, and only a file that shrank has changed.
+    growing: bool = False
 
 
 def covers_file(offset: int, length: int | None, size: int) -> bool:
@@ -103,7 +106,7 @@ class TaskSpec(NamedTuple):
 
     def describe_range(self) -> str:
         if self.length is None:
-            return "whole file"
+            return f"bytes {self.offset}-end" if self.offset else "whole file"
         return f"bytes {self.offset}-{self.offset + self.length}"
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Generator
 from pipeline.discovery import Discovery
 from pipeline.models import Batch, InputFile
 from pipeline.planning import Batcher, Plan, Planner, join_rows
+from pipeline.rotation import plan_growing
 from pipeline.store.ledger import Ledger, TaskRow
 
 OnPlanned = Callable[[Plan, bool], None]
@@ -54,6 +55,9 @@ class PlanFeed:
         """Plan up to ``STEP_FILES`` more files, in one ledger transaction."""
         if self.done:
             return
+        if self._planner.growing:
+            self._growing_step()
+            return
         plan, planner, batcher, recorder = self.plan, self._planner, self._batcher, self._recorder
         exhausted = True
         with self._ledger.recording(recorder):
@@ -85,6 +89,36 @@ class PlanFeed:
             batcher.finish()
         if self._on_planned is not None:
             self._on_planned(plan, self.done)
+
+    def _growing_step(self) -> None:
+        """Growing logs are planned all at once (files are matched across paths), and
+        recorded in one transaction: moved streams, new ones, every task pending."""
+        assert self._reader is not None
+        reader = self._reader
+        growing = plan_growing(
+            (file for file, _ in self._files),
+            reader.tasks_for_planning(),
+            reader.streams(),
+            reader.seen(),
+            self._planner,
+        )
+        with self._ledger.recording(self._recorder) as recorder:
+            if growing.forget:
+                recorder.forget_streams()
+            recorder.move_streams(growing.moves)
+            recorder.put_streams(growing.streams)
+            recorder.replace_seen(growing.seen)
+            for decision in growing.decisions:
+                self.plan.add(decision)
+                recorder.pending(decision.run, every=True)
+        for decision in growing.decisions:
+            for task in decision.run:
+                self._batcher.add(task)
+        self.done = True
+        self.close()
+        self._batcher.finish()
+        if self._on_planned is not None:
+            self._on_planned(self.plan, self.done)
 
     def plan_until(self, enough: Callable[[Plan], bool]) -> None:
         """Plan until ``enough(plan)`` or the end."""

@@ -29,6 +29,9 @@ REASONS = (
     "new",
     "changed",
     "grew",
+    "renamed",
+    "rotated",
+    "truncated",
     "config-changed",
     "failed-before",
     "interrupted",
@@ -53,6 +56,7 @@ class FileDecision(NamedTuple):
     drop: bool = False  # its earlier rows go when the plan is recorded (new ones replace them)
     touched: bool = False  # same bytes (maybe more after them): its rows take the file's
     # size and mtime
+    note: str | None = None  # a growing log's: what the file is (``plan`` shows it)
 
 
 @dataclass
@@ -149,7 +153,7 @@ def new_tasks(
     ]
 
 
-def _reuse_reason(row: TaskRow, part_sizes: dict[str, int] | None, parts_dir: str) -> str:
+def reuse_reason(row: TaskRow, part_sizes: dict[str, int] | None, parts_dir: str) -> str:
     if row.status == "failed":
         return "failed-before"
     if row.status != "done":
@@ -177,6 +181,7 @@ class Planner:
     parts_dir: str | None
     full: bool = False
     spread: int = 1  # the worker count a big file's ranges are spread over
+    growing: bool = False  # growing logs: planned by ``rotation``, all files at once
     _part_sizes: dict[str, int] = field(default_factory=dict)
 
     def fresh_task(self, file: InputFile) -> TaskSpec | None:
@@ -226,7 +231,7 @@ class Planner:
             skip: list[TaskSpec] = []
             part_sizes = self._part_sizes if self.parts_dir is not None else None
             for row in rows:
-                reason = _reuse_reason(row, part_sizes, self.parts_dir or "")
+                reason = reuse_reason(row, part_sizes, self.parts_dir or "")
                 spec = row.spec(reason)
                 if touched:  # the file as it is now (the row takes its new mtime too)
                     spec = spec._replace(mtime_ns=file.mtime_ns)
@@ -250,10 +255,10 @@ class Planner:
         )
 
     def _parts_present(self, rows: Sequence[TaskRow]) -> bool:
-        """Whether every row's records are still in its part file (``_reuse_reason``)."""
+        """Whether every row's records are still in its part file (``reuse_reason``)."""
         part_sizes = self._part_sizes if self.parts_dir is not None else None
         return all(
-            _reuse_reason(row, part_sizes, self.parts_dir or "") == "unchanged" for row in rows
+            reuse_reason(row, part_sizes, self.parts_dir or "") == "unchanged" for row in rows
         )
 
 

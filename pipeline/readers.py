@@ -63,6 +63,7 @@ class ReadCounters:
     bytes_read: int = 0  # bytes read from disk (compressed bytes for compressed files)
     content: str | None = None  # digest of the bytes of a small file read whole
     opened: os.stat_result | None = None  # fstat of the file as it was opened
+    may_grow: bool = False  # the file may grow while it is read (``JobSpec.growing``)
     # The first malformed records the reader dropped, with why (only those pay for it).
     rejected: list[Rejected] = field(default_factory=list)
 
@@ -77,12 +78,23 @@ class FileChangedError(Exception):
     """The input was modified, truncated or replaced while the run was going."""
 
 
-def check_unchanged(task: TaskSpec, st: os.stat_result | None = None) -> None:
+def check_unchanged(
+    task: TaskSpec, st: os.stat_result | None = None, *, may_grow: bool = False
+) -> None:
     """Fail the task if its file is not the one that was planned: its results would
     belong to neither version. The next run plans the file again. ``st``: a stat taken
-    earlier (the reader's ``fstat`` of the file it opened); by default, the path now."""
+    earlier (the reader's ``fstat`` of the file it opened); by default, the path now.
+    ``may_grow``: a file that grew is still the one planned (a log being written); only
+    one that shrank is not."""
     if st is None:
         st = os.stat(task.path)
+    if may_grow:
+        if st.st_size < task.size:
+            raise FileChangedError(
+                f"truncated since the run started (size {task.size} -> {st.st_size}); "
+                "the next run processes it again"
+            )
+        return
     if st.st_size != task.size or st.st_mtime_ns != task.mtime_ns:
         raise FileChangedError(
             f"changed since the run started (size {task.size} -> {st.st_size}); "
@@ -186,7 +198,7 @@ def _opened(task: TaskSpec, counters: ReadCounters) -> Iterator[tuple[IO[bytes],
     with the planned fingerprint. A small file read whole is read in one call (its planned
     size plus one byte, enough to see it grew), and its content digest is taken from those
     same bytes: one open and one read per small file."""
-    skip_partial = task.compression is None and task.offset > 0
+    skip_partial = task.offset > 0
     pos = task.offset - 1 if skip_partial else 0
     if reads_small_file(task):
         raw: IO[bytes] = io.BytesIO(read_small_file(task, counters))
@@ -199,11 +211,13 @@ def _opened(task: TaskSpec, counters: ReadCounters) -> Iterator[tuple[IO[bytes],
         return
     with open(task.path, "rb", buffering=0) as handle:
         counters.opened = os.fstat(handle.fileno())
-        if pos:
+        if pos and task.compression is None:
             handle.seek(pos)
         start = handle.tell()
         stream = handle if task.compression is None else _decompressed(handle, task)
         try:
+            if pos and stream is not handle:  # a range of the decompressed bytes
+                _skip(stream, pos)
             yield stream, pos, skip_partial
         finally:
             counters.bytes_read += handle.tell() - start
@@ -243,9 +257,11 @@ def read_small_file(task: TaskSpec, counters: ReadCounters) -> bytes:
             if not more:
                 break
             data += more
+        if len(data) > task.size and counters.may_grow:
+            data = data[: task.size]  # the planned bytes: the rest is the next run's
         if len(data) != task.size:
             st = os.fstat(fd)
-            check_unchanged(task, st)
+            check_unchanged(task, st, may_grow=counters.may_grow)
             raise FileChangedError(
                 f"changed since the run started ({len(data)} bytes read, {task.size} planned); "
                 "the next run processes it again"
@@ -263,15 +279,21 @@ def _check_task(task: TaskSpec, fmt: str) -> None:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if task.compression is not None and task.compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {task.compression!r} for {task.path!r}")
-    if task.length is not None:
-        if task.compression is not None:
-            raise ValueError(f"compressed file {task.path!r} can only be read whole")
+    if task.length is not None or task.offset:
         if fmt not in LINE_FORMATS:
             raise ValueError(f"format {fmt!r} reads whole files, got a range of {task.path!r}")
-        if task.offset < 0 or task.length < 0:
+        if task.offset < 0 or (task.length is not None and task.length < 0):
             raise ValueError(f"invalid range {task.describe_range()} of {task.path!r}")
-    elif task.offset != 0:
-        raise ValueError(f"whole-file task of {task.path!r} must have offset 0")
+
+
+def _skip(stream: IO[bytes], count: int) -> None:
+    """Read past the first ``count`` bytes of a decompressed stream."""
+    left = count
+    while left > 0:
+        block = stream.read(min(left, BLOCK_SIZE))
+        if not block:
+            raise FileChangedError(f"holds fewer than the {count} bytes planned to be skipped")
+        left -= len(block)
 
 
 def _decompressed(raw: IO[bytes], task: TaskSpec) -> IO[bytes]:

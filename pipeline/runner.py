@@ -136,6 +136,7 @@ def job_spec(cfg: PipelineConfig, parts_dir: Path) -> JobSpec:
         write_records=cfg.output.records != "none",
         parts_dir=str(parts_dir),
         import_dirs=(str(cfg.base_dir),),
+        growing=cfg.input.growing,
     )
 
 
@@ -212,6 +213,7 @@ def planner_for(cfg: PipelineConfig, full: bool = False) -> Planner:
         parts_dir=str(cfg.output.dir / parts.PARTS_DIR) if write_records else None,
         full=full,
         spread=1 if cfg.execution.executor == "serial" else cfg.workers_resolved(),
+        growing=cfg.input.growing,
     )
 
 
@@ -568,7 +570,11 @@ class Run:
                 self.out_dir,
                 self.parts_dir,
                 self.cfg.output.records,
-                lambda: ledger.committed(result_key),
+                lambda: (
+                    ledger.committed_in_streams(result_key)
+                    if self.cfg.input.growing
+                    else ledger.committed(result_key)
+                ),
             )
             merge.write_json(stats_path, stats)
         except OSError as exc:

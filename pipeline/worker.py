@@ -117,7 +117,8 @@ class TaskRunner:
         called as the batch's ``i``-th task starts."""
         results, part = self._run_batch(batch, on_task)
         done = [(task, r) for task, r in zip(batch.tasks, results, strict=True) if r.ok]
-        if len(done) > 1 and all(task.covers_file for task, _ in done):
+        # Growing logs are never packed: their rows move with renames (``rotation``).
+        if len(done) > 1 and not self.job.growing and all(t.covers_file for t, _ in done):
             try:
                 merged = aggregates.merge_many(self.job.stats, [r.partials for _, r in done])
                 done[0][1].packed = pack_tasks(done, merged, extremes=self.extremes)
@@ -172,7 +173,7 @@ class TaskRunner:
         if on_task is not None:
             on_task(index)
         started = time.perf_counter()
-        counters = readers.ReadCounters()
+        counters = readers.ReadCounters(may_grow=self.job.growing)
         result = TaskResult(task.task_id, ok=False, pid=self.pid)
         sink = _Sink(self, handle)
         try:
@@ -187,12 +188,14 @@ class TaskRunner:
             sink.flush()
             result.content = counters.content
             if counters.content is None:  # read as a stream
-                if task.length is not None:  # a range of lines: what the next run checks
+                if task.length is not None and task.compression is None:
+                    # a range of lines: what the next run checks
                     result.content = range_digest(task.path, task.offset, task.length)
                 # the file as it was opened, and as it is now, after reading and digesting
+                grows = self.job.growing
                 if counters.opened is not None:
-                    check_unchanged(task, counters.opened)
-                check_unchanged(task)
+                    check_unchanged(task, counters.opened, may_grow=grows)
+                check_unchanged(task, may_grow=grows)
             # A small file read whole needs no second look: one read took one version of
             # its bytes, of the planned length; ``content`` names that version, and the
             # next run, seeing a new mtime, compares it with the file as it is then.

@@ -88,7 +88,27 @@ CREATE TABLE IF NOT EXISTS batches (
     members     TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS batches_by_first_path ON batches (first_path);
+CREATE TABLE IF NOT EXISTS streams (
+    seq         INTEGER PRIMARY KEY,
+    label       BLOB NOT NULL UNIQUE,
+    head        TEXT NOT NULL,
+    head_len    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen (
+    path        BLOB PRIMARY KEY,
+    dev         INTEGER NOT NULL,
+    ino         INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    covered     INTEGER
+);
 """
+# ``streams`` and ``seen`` serve growing logs only (``pipeline.rotation``): a stream is
+# the content of one log over its life (renamed, copied, compressed), its task rows under
+# one path, its label; ``seq`` orders streams as first seen (the order of ``records.*``).
+# ``seen`` holds the files of the last run, each with the stream it belongs to and how
+# much of it (decompressed) is that stream's, up to what was planned (NULL: all of it).
 # Keyed by (path, offset), the order in which tasks are planned, batched and committed:
 # a batch's rows go into neighbouring pages (keyed by the task id, a hash, every row
 # landed on a random page of a second index: 4x slower at 200,000 files).
@@ -141,6 +161,29 @@ class TaskRow:
             self.compression,
             reason,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRow:
+    """A growing log's stream (see ``streams``)."""
+
+    seq: int
+    label: str
+    head: str
+    head_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeenRow:
+    """A file of the last run of a growing log (see ``seen``)."""
+
+    path: str
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    seq: int
+    covered: int | None
 
 
 _ROW_COLUMNS = (
@@ -403,6 +446,46 @@ class Ledger:
             _, _, row, rows = heapq.heappop(heap)
             yield row
             push(rows)
+
+    def committed_in_streams(self, result_key: str) -> Iterator[TaskRow]:
+        """``committed`` for growing logs: stream by stream in the order they were first
+        seen (the order their lines were written), each in offset order; rows of no
+        stream (none are expected) after them, in path order."""
+        labels = [row.label for row in self.streams()]
+        query = (
+            f"SELECT {_ROW_COLUMNS} FROM tasks WHERE status = 'done' AND result_key = ? "
+            "AND path = ? ORDER BY offset"
+        )
+        for label in labels:
+            for values in self._db.execute(query, (result_key, os.fsencode(label))).fetchall():
+                yield _row(values)
+        known = set(labels)
+        for row in self.committed(result_key):
+            if row.path not in known:
+                yield row
+
+    def streams(self) -> list[StreamRow]:
+        """A growing log's streams, in the order they were first seen."""
+        query = "SELECT seq, label, head, head_len FROM streams ORDER BY seq"
+        return [
+            StreamRow(seq, os.fsdecode(label), head, head_len)
+            for seq, label, head, head_len in self._rows_of(query)
+        ]
+
+    def seen(self) -> list[SeenRow]:
+        """The files the last run of a growing log saw."""
+        query = "SELECT path, dev, ino, size, mtime_ns, seq, covered FROM seen ORDER BY path"
+        return [SeenRow(os.fsdecode(path), *rest) for path, *rest in self._rows_of(query)]
+
+    def _rows_of(self, query: str) -> list[tuple[Any, ...]]:
+        """A query's rows; none when its table is not there (a ledger from before growing
+        logs, opened read-only)."""
+        try:
+            return self._db.execute(query).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
 
     def committed_partials(
         self, result_key: str, *, except_run: int | None = None
@@ -686,14 +769,51 @@ class PlanRecorder:
         if batch_id is not None:
             self._edit(batch_id)[0].add(path)
 
-    def pending(self, tasks: Iterable[TaskSpec]) -> None:
+    def pending(self, tasks: Iterable[TaskSpec], *, every: bool = False) -> None:
+        """Pending rows for the tasks of split files (``every``: for all of them)."""
         rows = [
             (*_identity(t, self._result_key), self._run_id, self._run_id)
             for t in tasks
-            if not t.covers_file
+            if every or not t.covers_file
         ]
         if rows:
             self._db.executemany(_PENDING, rows)
+
+    def forget_streams(self) -> None:
+        """A growing log's store starts over (``--full``, a config change): every row,
+        stream and seen file goes."""
+        for table in ("tasks", "batches", "streams", "seen"):
+            self._db.execute(f"DELETE FROM {table}")
+
+    def move_streams(self, moves: Sequence[tuple[str, str]]) -> None:
+        """Streams take new labels (``(old, new)`` pairs), their rows with them: first
+        each to a name no path can have, then to its new one, so that labels passed on
+        along a rotation (``.1`` to ``.2``, the log to ``.1``) never collide."""
+        steps = [(old, f"\0moving\0{i}", new) for i, (old, new) in enumerate(moves)]
+        for first, second in ((0, 1), (1, 2)):
+            for step in steps:
+                before, after = os.fsencode(step[first]), os.fsencode(step[second])
+                self._db.execute("UPDATE tasks SET path = ? WHERE path = ?", (after, before))
+                self._db.execute("UPDATE streams SET label = ? WHERE label = ?", (after, before))
+
+    def put_streams(self, streams: Iterable[StreamRow]) -> None:
+        self._db.executemany(
+            "INSERT INTO streams (seq, label, head, head_len) VALUES (?, ?, ?, ?) ON CONFLICT"
+            "(seq) DO UPDATE SET label = excluded.label, head = excluded.head, "
+            "head_len = excluded.head_len",
+            [(s.seq, os.fsencode(s.label), s.head, s.head_len) for s in streams],
+        )
+
+    def replace_seen(self, seen: Iterable[SeenRow]) -> None:
+        self._db.execute("DELETE FROM seen")
+        self._db.executemany(
+            "INSERT INTO seen (path, dev, ino, size, mtime_ns, seq, covered) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (os.fsencode(s.path), s.dev, s.ino, s.size, s.mtime_ns, s.seq, s.covered)
+                for s in seen
+            ],
+        )
 
     def _edit(self, batch_id: str) -> tuple[set[str], dict[str, tuple[int, int]]]:
         edit = self._edits.get(batch_id)
