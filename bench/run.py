@@ -711,6 +711,92 @@ def incremental(data: Dataset, workers: int, repeat: int, timeout: float) -> lis
     ]
 
 
+GROWTH = 1 << 20  # bytes appended to the log between the two runs of ``growing_log``
+
+
+def growing_log(size: int, seed: int, workers: int, timeout: float) -> list[str]:
+    """Job E (a call per line) over a log of ``size`` that grows by ``GROWTH`` between two
+    runs, as a cron job sees it: plain, and with ``input.growing``. The second run must
+    read about ``GROWTH`` bytes, and its stats must be the first run's plus those of a run
+    over the appended bytes alone (job E's stats are all counts and sums)."""
+    source = prepare("E", {"size": size}, seed).files[0]
+    with open(source, "rb") as handle:
+        appended = handle.read(GROWTH)
+    appended = appended[: appended.rfind(b"\n") + 1]
+    lines = []
+
+    def run(folder: Path, growing: bool, full: bool = False) -> tuple[Sample, dict[str, Any]]:
+        out = folder / "out"
+        sets = {
+            "output.dir": str(out),
+            "input.growing": "true" if growing else "false",
+            "execution.workers": str(workers),
+        }
+        options = [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
+        argv = [PY, str(BENCH / "pipeline_main.py"), "run", str(BENCH / "configs" / "job_e.yaml")]
+        argv += [*(["--full"] if full else []), "--progress", "none", "--quiet", *options]
+        impl = Impl(
+            "pipeline", "pipeline", workers, lambda _: argv, None, {"BENCH_DATA": str(folder)}
+        )
+        sample = measure(impl, timeout)
+        if sample.error:
+            raise RuntimeError(f"growing-log run failed: {sample.error}")
+        report = json.loads((out / "report.json").read_text())
+        return sample, {**report, "stats": json.loads((out / "stats.json").read_text())}
+
+    alone = Path(tempfile.mkdtemp(prefix="growing-", dir=RUNS))
+    (alone / "access.log").write_bytes(appended)
+    _, only_new = run(alone, False)
+    shutil.rmtree(alone, ignore_errors=True)
+    for growing in (False, True):
+        folder = Path(tempfile.mkdtemp(prefix="growing-", dir=RUNS))
+        log = folder / "access.log"
+        shutil.copyfile(source, log)
+        warm_cache([str(log)])
+        first, before = run(folder, growing)
+        with open(log, "ab") as handle:
+            handle.write(appended)
+        second, after = run(folder, growing)
+        again, idle = run(folder, growing)
+        shutil.rmtree(folder, ignore_errors=True)
+        expected = merge_counts(before["stats"], only_new["stats"])
+        ok = after["stats"] == expected and idle["stats"] == expected
+        kind = "`input.growing: true`" if growing else "plain (`grew`)"
+        line = (
+            f"{kind}: first run {first.wall:.2f} s reading "
+            f"{mib(before['run']['bytes_read'] >> 10)} MiB; "
+            f"after {len(appended):,} bytes appended, **{second.wall:.2f} s reading "
+            f"{after['run']['bytes_read']:,} bytes** ({after['tasks']['done']} task(s) run, "
+            f"{after['tasks']['skipped']} skipped; {second.wall / first.wall:.3f}× the first run); "
+            f"nothing new: {again.wall:.2f} s, {idle['run']['bytes_read']:,} bytes. "
+            + (
+                "Stats: the first run's plus the appended bytes' alone."
+                if ok
+                else "!!! STATS DIFFER"
+            )
+        )
+        print(f"  {line}", flush=True)
+        lines.append(f"- {line}")
+        if not ok:
+            raise RuntimeError("growing log: the stats after growth are not the expected ones")
+    return lines
+
+
+def merge_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two stats.json of counts, sums and count_by maps, added up."""
+    merged: dict[str, Any] = {}
+    for key in a.keys() | b.keys():
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) or isinstance(y, dict):
+            both = {**(x or {})}
+            for k, v in (y or {}).items():
+                both[k] = both.get(k, 0) + v
+            merged[key] = dict(sorted(both.items()))
+        else:
+            merged[key] = (x or 0) + (y or 0)
+    return merged
+
+
 PYDANTIC_FIRST_MODEL = "import pydantic\nclass M(pydantic.BaseModel):\n    x: int = 0\n"
 # What the CLI costs before a command runs: typer imported and the command tree built.
 CLI_BUILT = "import typer\nimport pipeline.cli\ntyper.main.get_command(pipeline.cli.app)\n"
@@ -1026,6 +1112,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_false",
         help="skip the incremental re-run check (job C data)",
     )
+    parser.add_argument(
+        "--no-growing",
+        dest="growing",
+        action="store_false",
+        help="skip the growing-log check (a log of --size-growing, 1 MiB appended)",
+    )
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument(
         "--only",
@@ -1039,7 +1131,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="default: bench/RESULTS.md (bench/data/RESULTS-quick.md with --quick)",
     )
-    for name in ("--size-a", "--size-b"):
+    for name in ("--size-a", "--size-b", "--size-growing"):
         parser.add_argument(name, type=generate.parse_size)
     for name in ("--files-b", "--files-c", "--files-d"):
         parser.add_argument(name, type=int)
@@ -1051,6 +1143,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "files_b": 20,
         "files_c": 2000,
         "files_d": 2000,
+        "size_growing": "64MiB",
         "repeat": 1,
         "out": generate.DATA / "RESULTS-quick.md",
     }
@@ -1060,6 +1153,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "files_b": 200,
         "files_c": 20000,
         "files_d": 20000,
+        "size_growing": "1GiB",
         "repeat": 3,
         "out": BENCH / "RESULTS.md",
     }
@@ -1173,6 +1267,17 @@ def main(argv: list[str] | None = None) -> int:
             "## Incremental re-run, nothing new",
             "",
             *incremental(data, args.workers, args.repeat, args.timeout),
+            "",
+        ]
+    if args.growing:
+        print("\n== growing log", flush=True)
+        extras += [
+            "## A log that grows between runs (job E)",
+            "",
+            f"A {args.size_growing >> 20} MiB log, then {GROWTH >> 20} MiB of lines appended; "
+            f"pipeline process w{args.workers} async, one run each.",
+            "",
+            *growing_log(args.size_growing, args.seed, args.workers, args.timeout),
             "",
         ]
     print("\n== memory", flush=True)

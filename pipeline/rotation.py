@@ -26,6 +26,7 @@ stream holds bytes already processed and produces nothing.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
@@ -214,11 +215,21 @@ def plan_growing(
         if stream.files:
             fresh += builder.extend(stream)
     next_seq = max(known, default=0) + 1
-    for probe, reason in sorted(fresh, key=lambda pr: (pr[0].file.mtime_ns, pr[0].path)):
+    for probe, reason in sorted(fresh, key=lambda pr: _age_order(pr[0].file)):
         if builder.start(probe, reason, next_seq):
             next_seq += 1
     builder.label_orphans(known.values())
     return GrowingPlan(builder.decisions, forget, builder.moves, builder.streams, builder.seen)
+
+
+_ROTATED = re.compile(r"\.(\d+)(?:\.(?:gz|bz2|xz|zst))?$")
+
+
+def _age_order(file: InputFile) -> tuple[int, int, bytes]:
+    """Files first seen together, oldest first: by mtime (``gzip`` keeps the log's), then,
+    for equal mtimes, by logrotate's number (``.2`` before ``.1`` before the live log)."""
+    number = _ROTATED.search(file.path)
+    return file.mtime_ns, -int(number.group(1)) if number else 0, os.fsencode(file.path)
 
 
 def _covered_end(rows: Sequence[TaskRow]) -> int:
@@ -254,6 +265,8 @@ def _match(
         return _Match(probe, last.seq, "same", last.covered)
     reason = "new"
     last = seen_as.get((probe.dev, probe.ino))
+    if last is not None and (last.size, last.mtime_ns) == (file.size, file.mtime_ns):
+        return _Match(probe, last.seq, "same", last.covered)  # renamed, nothing else
     if last is not None:
         stream = known[last.seq]
         shrank = not probe.compressed and file.size < (last.covered or 0)

@@ -331,7 +331,7 @@ class Rotator:
 
     def rename(self, path: Path, name: str) -> None:
         path.rename(path.with_name(name))
-        self.stream_of[name] = self.stream_of.pop(path.name)
+        self.stream_of[name] = self.stream_of.pop(path.name, -1)  # -1: an empty file
 
     def shift(self) -> None:
         for path in reversed(self.rotated()):
@@ -366,20 +366,20 @@ class Rotator:
         elif op[0] == "copytruncate" and world.live.exists():
             self.shift()
             shutil.copyfile(world.live, world.logs / "access.log.1")
-            self.stream_of["access.log.1"] = self.stream_of["access.log"]
+            self.stream_of["access.log.1"] = self.stream_of.get("access.log", -1)
             world.live.write_bytes(b"")
         elif op[0] == "compress":
             plain = [p for p in self.rotated() if not p.name.endswith(".gz")]
             if plain:
-                plain[0].with_name(plain[0].name + ".gz").write_bytes(
-                    gzip.compress(plain[0].read_bytes())
-                )
+                target = plain[0].with_name(plain[0].name + ".gz")
+                target.write_bytes(gzip.compress(plain[0].read_bytes()))
+                shutil.copystat(plain[0], target)  # as gzip does: the log's own mtime
                 self.stream_of[plain[0].name + ".gz"] = self.stream_of[plain[0].name]
                 plain[0].unlink()
                 del self.stream_of[plain[0].name]
         elif op[0] == "drop" and self.rotated():
             oldest = self.rotated()[-1]
-            if self.stream_of[oldest.name] not in self.unseen:
+            if self.stream_of.get(oldest.name, -1) not in self.unseen:
                 oldest.unlink()
                 del self.stream_of[oldest.name]
 

@@ -303,11 +303,30 @@ def test_rejects_inconsistent_tasks(tmp_path: Path) -> None:
     path = write(tmp_path, b"a,b\n1,2\n")
     with pytest.raises(ValueError, match="reads whole files"):
         read(make_task(path, 0, 4), fmt="csv")
-    with pytest.raises(ValueError, match="offset 0"):
-        read(make_task(path, 3, None))
-    gz = write(tmp_path, gzip.compress(b"a\n"), "a.gz")
-    with pytest.raises(ValueError, match="only be read whole"):
-        read(make_task(gz, 0, 2, compression="gz"))
+    with pytest.raises(ValueError, match="reads whole files"):
+        read(make_task(path, 3, None), fmt="csv")
+    with pytest.raises(ValueError, match="invalid range"):
+        read(make_task(path, 3, -1))
+
+
+def test_a_range_of_a_compressed_file_is_of_its_decompressed_bytes(tmp_path: Path) -> None:
+    """Growing logs read what a compressed copy holds past the bytes already processed:
+    a range (or the rest, with no length) of the decompressed stream, owned as in a
+    plain file."""
+    text = b"a\nbb\nccc\ndddd"
+    gz = write(tmp_path, gzip.compress(text), "a.gz")
+    plain = write(tmp_path, text, "a.txt")
+    for offset, length in ((2, None), (2, 3), (1, None), (0, 5), (5, None), (14, None)):
+        got, _ = read(make_task(gz, offset, length, compression="gz"))
+        want, _ = read(make_task(plain, offset, length))
+        assert got == want, (offset, length)
+    assert [r["line"] for _, r in read(make_task(gz, 2, None, compression="gz"))[0]] == [
+        "bb",
+        "ccc",
+        "dddd",
+    ]
+    with pytest.raises(FileChangedError, match="fewer than the 40 bytes"):
+        read(make_task(gz, 41, None, compression="gz"))
 
 
 # --- the chunking property -------------------------------------------------------------
