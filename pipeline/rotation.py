@@ -436,9 +436,9 @@ class _Builder:
         else:
             stop = probe.ready(0)
             length = min(HEAD, stop)
-            if stop == 0:
-                self.decisions.append(FileDecision(probe.file, [], [], note="waiting"))
-                return False
+        if length == 0:  # nothing to name it by: no whole line yet, or an empty copy
+            self.decisions.append(FileDecision(probe.file, [], [], note="waiting"))
+            return False
         digest = probe.head(length)
         if digest is None:  # it changed under us: the next run looks again
             return False

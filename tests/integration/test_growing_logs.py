@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from pipeline.config import load_config
 from pipeline.runner import Run, RunOptions
+from tests.dask_cluster import DaskCluster
 from tests.integration.helpers import run_cli, write_config
 
 pytestmark = pytest.mark.timeout(300)
@@ -68,11 +69,12 @@ class LogWorld:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.logs = folder / "logs"
-        self.logs.mkdir()
+        self.logs.mkdir(parents=True)
         self.live = self.logs / "access.log"
         self.streams: list[bytearray] = []
         self.next_line = 0
         self.cfg = config(folder, "out", ["logs/access.log*"], growing=True)
+        self.out = folder / "out"
 
     def write(self, n: int, partial: bytes = b"") -> None:
         """``n`` lines, then maybe the start of one more (to be ended by ``end_line``)."""
@@ -109,7 +111,7 @@ class LogWorld:
         cfg = config(self.folder, "refout", ["ref/all.log"], growing=False, executor="serial")
         fresh = Run(load_config(cfg), RunOptions(progress="none", quiet=True)).execute()
         assert fresh.exit_code == 0
-        assert outputs(self.folder / "out") == outputs(self.folder / "refout")
+        assert outputs(self.out) == outputs(self.folder / "refout")
 
     def plan(self) -> dict[str, set[str]]:
         """``{file name: reasons}`` as ``pipeline plan`` lists them."""
@@ -237,6 +239,39 @@ def test_a_compressed_copy_yields_only_the_lines_never_processed(tmp_path: Path)
     world.check()
 
 
+def test_growing_logs_on_a_dask_cluster(dask_cluster: DaskCluster) -> None:
+    """The same guarantees on a cluster whose workers see the logs (a shared folder) but
+    neither the config's folder nor the store: renames, a compressed copy, a copy left by
+    copytruncate."""
+    world = LogWorld(dask_cluster.shared / "growing")
+    private = dask_cluster.private / "growing"
+    private.mkdir()
+    world.out = private / "out"
+    world.cfg = config(
+        private,
+        "out",
+        [str(world.logs / "access.log*")],
+        growing=True,
+        executor="dask",
+        address=dask_cluster.address,
+    )
+    world.write(200)
+    world.run()
+    world.check()
+    os.rename(world.live, world.logs / "access.log.1")
+    world.write(20)
+    world.run()
+    world.check()
+    data = (world.logs / "access.log.1").read_bytes()
+    (world.logs / "access.log.2.gz").write_bytes(gzip.compress(data))
+    (world.logs / "access.log.1").unlink()
+    shutil.copy(world.live, world.logs / "access.log.1")
+    world.live.write_bytes(b"")
+    world.write(5)
+    world.run()
+    world.check()
+
+
 def test_without_growing_a_renamed_log_counts_again(tmp_path: Path) -> None:
     """Identity stays by path: equal content under two names counts twice."""
     world = LogWorld(tmp_path)
@@ -278,6 +313,10 @@ def test_a_writer_appending_while_runs_go(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
     )
     try:
+        deadline = time.monotonic() + 60
+        while not (world.live.exists() and b"\n" in world.live.read_bytes()[:4096]):
+            assert time.monotonic() < deadline, "the writer wrote no line"
+            time.sleep(0.01)
         counts = []
         for round_ in range(6):
             world.run()

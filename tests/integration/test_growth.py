@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from pipeline.config import load_config
 from pipeline.runner import Run, RunOptions
+from pipeline.store.ledger import Ledger
 from tests.integration.helpers import run_cli, write_config
 
 pytestmark = pytest.mark.timeout(300)
@@ -161,8 +162,11 @@ def test_a_truncated_file_is_read_again(tmp_path: Path, data: Path) -> None:
 # --- any sequence of appends, edits and runs ------------------------------------------
 
 NAMES = ("a.log", "b.log", "c.log")
-# an operation: ("append", file, lines, unfinished tail), ("edit", file, where),
-# ("truncate", file, where), ("run", chunk size)
+# an operation: ("append", file, lines, unfinished tail), ("edit", file, where, region),
+# ("truncate", file, where), ("run", chunk size). An edit is in the file's first bytes, in
+# the last ones the last run processed, or in bytes after them: where the check looks (an
+# edit between, in a file that also grew, is the documented blind spot: see
+# test_a_grown_file_is_proven_by_the_edges_of_its_first_and_last_ranges).
 operation = st.one_of(
     st.tuples(
         st.just("append"),
@@ -170,13 +174,35 @@ operation = st.one_of(
         st.integers(0, 40),
         st.sampled_from(["", "5 par", "x"]),
     ),
-    st.tuples(st.just("edit"), st.sampled_from(NAMES), st.floats(0, 1)),
+    st.tuples(
+        st.just("edit"),
+        st.sampled_from(NAMES),
+        st.floats(0, 1, exclude_max=True),
+        st.sampled_from(["head", "tail", "new"]),
+    ),
     st.tuples(st.just("truncate"), st.sampled_from(NAMES), st.floats(0, 1)),
     st.tuples(st.just("run"), st.sampled_from(["64B", "300B", "1MiB"])),
 )
+Processed = dict[str, tuple[int, int, int]]  # file name -> its first range's end, its
+# last range's start, and where they end (as the ledger says after a run)
 
 
-def apply(data: Path, op: tuple[Any, ...], counter: list[int]) -> None:
+def processed_ranges(out: Path) -> Processed:
+    ledger = Ledger(out, readonly=True)
+    try:
+        rows = [row for row in ledger.tasks() if row.length is not None]
+    finally:
+        ledger.close()
+    found: Processed = {}
+    for name in NAMES:
+        mine = sorted((r for r in rows if Path(r.path).name == name), key=lambda r: r.offset)
+        if mine:
+            last = mine[-1]
+            found[name] = (mine[0].length or 0, last.offset, last.offset + (last.length or 0))
+    return found
+
+
+def apply(data: Path, op: tuple[Any, ...], counter: list[int], processed: Processed) -> None:
     kind, name = op[0], op[1]
     path = data / name
     text = path.read_bytes() if path.exists() else b""
@@ -184,8 +210,16 @@ def apply(data: Path, op: tuple[Any, ...], counter: list[int]) -> None:
         counter[0] += op[2]
         path.write_bytes(text + lines(counter[0], op[2]) + op[3].encode())
     elif kind == "edit" and text:
-        at = min(int(op[2] * len(text)), len(text) - 1)
-        path.write_bytes(text[:at] + (b"7" if text[at : at + 1] != b"7" else b"8") + text[at + 1 :])
+        first_end, last_start, end = (min(n, len(text)) for n in processed.get(name, (0, 0, 0)))
+        low, high = {
+            "head": (0, first_end),
+            "tail": (last_start, end),
+            "new": (end, len(text)),
+        }[op[3]]
+        if low < high:
+            at = low + int(op[2] * (high - low))
+            new = b"7" if text[at : at + 1] != b"7" else b"8"
+            path.write_bytes(text[:at] + new + text[at + 1 :])
     elif kind == "truncate":
         path.write_bytes(text[: int(op[2] * len(text))])
 
@@ -201,17 +235,19 @@ def test_any_sequence_of_changes_gives_a_fresh_runs_store(
 ) -> None:
     """After every run the store is a fresh run's over the files as they are, whatever
     grew, was edited or truncated in between (files under 128 KiB: every digest is of all
-    the bytes it covers, so every edit is seen)."""
+    the bytes of its range)."""
     folder = tmp_path_factory.mktemp("growth")
     data = folder / "data"
     data.mkdir()
     counter = [0]
+    processed: Processed = {}
     for name in NAMES:
-        apply(data, ("append", name, 3, ""), counter)
+        apply(data, ("append", name, 3, ""), counter, processed)
     cfg = config(folder, executor="serial")
     for op in [*ops, ("run", "300B")]:
         if op[0] != "run":
-            apply(data, op, counter)
+            apply(data, op, counter, processed)
             continue
         run_in_process(cfg, op[1])
+        processed = processed_ranges(folder / "out")
         assert outputs(folder / "out") == fresh_outputs(folder)
