@@ -41,6 +41,46 @@ def run_cli(
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def store_outputs(out: Path) -> tuple[bytes, Any, Any]:
+    """What two stores that should be equal are compared by: ``records.jsonl``,
+    ``stats.json`` and ``report.json``'s record counts."""
+    return (
+        (out / "records.jsonl").read_bytes(),
+        read_json(out / "stats.json"),
+        read_json(out / "report.json")["records"],
+    )
+
+
+def lines_config(
+    folder: Path,
+    out: str,
+    paths: list[str],
+    steps: list[dict[str, Any]],
+    stats: dict[str, Any],
+    *,
+    chunk_size: str,
+    growing: bool = False,
+    **execution: Any,
+) -> Path:
+    """``folder/<out>.yaml``: a ``lines`` job over ``paths`` writing ``out/records.jsonl``,
+    2 workers and no retries unless ``execution`` says otherwise."""
+    body: dict[str, Any] = {
+        "name": Path(out).name,
+        "input": {"paths": paths, "format": "lines", "chunk_size": chunk_size},
+        "steps": steps,
+        "stats": stats,
+        "output": {"dir": out, "records": "jsonl"},
+        "execution": {"workers": 2, "retries": 0, **execution},
+    }
+    if growing:
+        body["input"]["growing"] = True
+    return write_config(folder, body, name=f"{out}.yaml")
+
+
 def write_config(folder: Path, config: dict[str, Any], name: str = "job.yaml") -> Path:
     path = folder / name
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))

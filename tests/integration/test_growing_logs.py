@@ -6,7 +6,6 @@ run over every line ever written, in the order written: no line missing, none tw
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ from hypothesis import strategies as st
 from pipeline.config import load_config
 from pipeline.runner import Run, RunOptions
 from tests.dask_cluster import DaskCluster
-from tests.integration.helpers import run_cli, write_config
+from tests.integration.helpers import lines_config, read_json, run_cli, store_outputs
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -33,32 +32,18 @@ def log_line(i: int) -> bytes:
     return f"{i:06d} {('GET', 'POST', 'GET')[i % 3]} /p{i % 7} {(200, 404, 500)[i % 3]}\n".encode()
 
 
+STEPS = [{"regex": LINE_RE}, {"types": {"n": "int", "status": "int"}}]
+STATS = {
+    "lines": {"count": True},
+    "total": {"sum": "n"},
+    "by_status": {"count_by": "status"},
+    "top_paths": {"top": "path", "k": 3},
+}
+
+
 def config(folder: Path, out: str, paths: list[str], growing: bool, **execution: Any) -> Path:
-    body: dict[str, Any] = {
-        "name": out,
-        "input": {"paths": paths, "format": "lines", "chunk_size": "2KiB", "growing": growing},
-        "steps": [{"regex": LINE_RE}, {"types": {"n": "int", "status": "int"}}],
-        "stats": {
-            "lines": {"count": True},
-            "total": {"sum": "n"},
-            "by_status": {"count_by": "status"},
-            "top_paths": {"top": "path", "k": 3},
-        },
-        "output": {"dir": out, "records": "jsonl"},
-        "execution": {"workers": 2, "retries": 0, **execution},
-    }
-    return write_config(folder, body, name=f"{out}.yaml")
-
-
-def load(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def outputs(out: Path) -> tuple[bytes, Any, Any]:
-    return (
-        (out / "records.jsonl").read_bytes(),
-        load(out / "stats.json"),
-        load(out / "report.json")["records"],
+    return lines_config(
+        folder, out, paths, STEPS, STATS, chunk_size="2KiB", growing=growing, **execution
     )
 
 
@@ -111,7 +96,7 @@ class LogWorld:
         cfg = config(self.folder, "refout", ["ref/all.log"], growing=False, executor="serial")
         fresh = Run(load_config(cfg), RunOptions(progress="none", quiet=True)).execute()
         assert fresh.exit_code == 0
-        assert outputs(self.out) == outputs(self.folder / "refout")
+        assert store_outputs(self.out) == store_outputs(self.folder / "refout")
 
     def plan(self) -> dict[str, set[str]]:
         """``{file name: reasons}`` as ``pipeline plan`` lists them."""
@@ -186,7 +171,7 @@ def test_a_logrotate_sequence_counts_every_line_once(tmp_path: Path, options: li
     world.run()
     world.check()
     world.run()  # nothing new: nothing runs
-    assert load(tmp_path / "out" / "report.json")["tasks"]["done"] == 0
+    assert read_json(tmp_path / "out" / "report.json")["tasks"]["done"] == 0
     world.check()
 
 
@@ -234,7 +219,7 @@ def test_a_compressed_copy_yields_only_the_lines_never_processed(tmp_path: Path)
     # a new file at the same path: "truncated" when it was given the deleted one's inode
     assert reasons["access.log"] in ({"new"}, {"truncated"})
     world.run()
-    report = load(tmp_path / "out" / "report.json")
+    report = read_json(tmp_path / "out" / "report.json")
     assert report["run"]["records"] == 9 + 1 + 4
     world.check()
 
@@ -280,7 +265,7 @@ def test_without_growing_a_renamed_log_counts_again(tmp_path: Path) -> None:
     world.run()
     shutil.copy(world.live, world.logs / "access.log.1")
     world.run()
-    assert load(tmp_path / "out" / "stats.json")["lines"] == 60
+    assert read_json(tmp_path / "out" / "stats.json")["lines"] == 60
 
 
 # --- a writer appending while runs go -----------------------------------------------
@@ -320,7 +305,7 @@ def test_a_writer_appending_while_runs_go(tmp_path: Path) -> None:
         counts = []
         for round_ in range(6):
             world.run()
-            counts.append(load(tmp_path / "out" / "stats.json")["lines"])
+            counts.append(read_json(tmp_path / "out" / "stats.json")["lines"])
             if round_ == 2:  # a rename while the writer writes: its next open makes a new log
                 os.rename(world.live, world.logs / "access.log.1")
         stop.write_text("")
@@ -338,7 +323,7 @@ def test_a_writer_appending_while_runs_go(tmp_path: Path) -> None:
     everything = b"".join(p.read_bytes() for p in files)
     assert everything == b"".join(log_line(i) for i in range(written))
     world.streams = [bytearray(everything)]
-    assert load(tmp_path / "out" / "stats.json")["lines"] == written
+    assert read_json(tmp_path / "out" / "stats.json")["lines"] == written
     world.check()
 
 
@@ -432,6 +417,8 @@ class Rotator:
 def test_any_sequence_of_appends_rotations_and_runs(
     tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[Any, ...]]
 ) -> None:
+    """After every run the store is a fresh run's over every line ever written, whatever
+    was renamed, copied, truncated, compressed or deleted in between."""
     folder = tmp_path_factory.mktemp("rotation")
     world = LogWorld(folder)
     world.cfg = config(folder, "out", ["logs/access.log*"], growing=True, executor="serial")

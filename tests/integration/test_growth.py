@@ -4,7 +4,6 @@ the start. Either way the store equals a fresh run's over the files as they are.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,36 +15,28 @@ from hypothesis import strategies as st
 from pipeline.config import load_config
 from pipeline.runner import Run, RunOptions
 from pipeline.store.ledger import Ledger
-from tests.integration.helpers import run_cli, write_config
+from tests.integration.helpers import lines_config, read_json, run_cli, store_outputs
 
 pytestmark = pytest.mark.timeout(300)
 
 LINE_RE = r"^(?P<n>\d+) (?P<word>\w+)$"
 
 
+STEPS = [{"regex": LINE_RE}, {"types": {"n": "int"}}]
+STATS = {
+    "lines": {"count": True},
+    "total": {"sum": "n"},
+    "words": {"count_by": "word"},
+    "top": {"top": "word", "k": 3},
+}
+
+
 def config(folder: Path, out: str = "out", **execution: Any) -> Path:
-    body: dict[str, Any] = {
-        "name": "growth",
-        "input": {"paths": ["data/*.log"], "format": "lines", "chunk_size": "300B"},
-        "steps": [{"regex": LINE_RE}, {"types": {"n": "int"}}],
-        "stats": {
-            "lines": {"count": True},
-            "total": {"sum": "n"},
-            "words": {"count_by": "word"},
-            "top": {"top": "word", "k": 3},
-        },
-        "output": {"dir": out, "records": "jsonl"},
-        "execution": {"workers": 2, "retries": 0, **execution},
-    }
-    return write_config(folder, body, name=f"{out}.yaml")
+    return lines_config(folder, out, ["data/*.log"], STEPS, STATS, chunk_size="300B", **execution)
 
 
 def lines(start: int, n: int) -> bytes:
     return "".join(f"{i} w{i % 5}\n" for i in range(start, start + n)).encode()
-
-
-def load(path: Path) -> Any:
-    return json.loads(path.read_text())
 
 
 def run_in_process(cfg_path: Path, chunk_size: str = "300B") -> None:
@@ -59,15 +50,7 @@ def fresh_outputs(folder: Path, name: str = "fresh") -> tuple[bytes, Any, Any]:
     store of its own, over the inputs as they are now."""
     shutil.rmtree(folder / name, ignore_errors=True)
     run_in_process(config(folder, name, executor="serial"), "1MiB")
-    return outputs(folder / name)
-
-
-def outputs(out: Path) -> tuple[bytes, Any, Any]:
-    return (
-        (out / "records.jsonl").read_bytes(),
-        load(out / "stats.json"),
-        load(out / "report.json")["records"],
-    )
+    return store_outputs(folder / name)
 
 
 def plan_reasons(cfg: Path) -> list[tuple[str, str, str]]:
@@ -109,11 +92,11 @@ def test_a_file_that_grew_is_read_from_where_the_last_run_stopped(
     ]
     assert {reason for reason, *_ in reasons} == {"grew", "unchanged"}
     assert run_cli("run", str(cfg), "-q").returncode == 0
-    report = load(tmp_path / "out" / "report.json")
+    report = read_json(tmp_path / "out" / "report.json")
     assert report["run"]["records"] == 32
     # the new bytes, and the byte before each (it says where a line starts)
     assert report["run"]["bytes_read"] == len(added) + len(lines(1005, 2)) + 2
-    assert outputs(tmp_path / "out") == fresh_outputs(tmp_path)
+    assert store_outputs(tmp_path / "out") == fresh_outputs(tmp_path)
 
 
 def test_a_grown_file_whose_last_line_was_unfinished_is_read_again(
@@ -128,9 +111,9 @@ def test_a_grown_file_whose_last_line_was_unfinished_is_read_again(
     reasons = plan_reasons(cfg)
     assert {reason for reason, name, _ in reasons if name == "big.log"} == {"changed"}
     assert run_cli("run", str(cfg), "-q").returncode == 0
-    stats = load(tmp_path / "out" / "stats.json")
+    stats = read_json(tmp_path / "out" / "stats.json")
     assert stats["words"].get("unfinished") == 1 and "unfin" not in stats["words"]
-    assert outputs(tmp_path / "out") == fresh_outputs(tmp_path)
+    assert store_outputs(tmp_path / "out") == fresh_outputs(tmp_path)
 
 
 @pytest.mark.parametrize("where", ["first", "last"])
@@ -146,7 +129,7 @@ def test_a_file_edited_and_grown_is_read_again(tmp_path: Path, data: Path, where
     reasons = plan_reasons(cfg)
     assert {reason for reason, name, _ in reasons if name == "big.log"} == {"changed"}
     assert run_cli("run", str(cfg), "-q").returncode == 0
-    assert outputs(tmp_path / "out") == fresh_outputs(tmp_path)
+    assert store_outputs(tmp_path / "out") == fresh_outputs(tmp_path)
 
 
 def test_a_truncated_file_is_read_again(tmp_path: Path, data: Path) -> None:
@@ -156,7 +139,7 @@ def test_a_truncated_file_is_read_again(tmp_path: Path, data: Path) -> None:
     reasons = plan_reasons(cfg)
     assert {reason for reason, name, _ in reasons if name == "big.log"} == {"changed"}
     assert run_cli("run", str(cfg), "-q").returncode == 0
-    assert outputs(tmp_path / "out") == fresh_outputs(tmp_path)
+    assert store_outputs(tmp_path / "out") == fresh_outputs(tmp_path)
 
 
 # --- any sequence of appends, edits and runs ------------------------------------------
@@ -250,4 +233,4 @@ def test_any_sequence_of_changes_gives_a_fresh_runs_store(
             continue
         run_in_process(cfg, op[1])
         processed = processed_ranges(folder / "out")
-        assert outputs(folder / "out") == fresh_outputs(folder)
+        assert store_outputs(folder / "out") == fresh_outputs(folder)
