@@ -18,9 +18,10 @@ Of the files of a stream, the one holding bytes past those processed is its owne
 only after the digest of the last range processed proves it continues the stream (a
 compressed file is decompressed once for that). Its new bytes become tasks: up to its last
 ``\\n`` for a plain file (a line still being written waits for the next run), to its end
-for a compressed one (it will not grow). The stream's rows move to its owner's path (its
-label), so a task run again reads its bytes where they are now. Every other file of the
-stream holds bytes already processed and produces nothing.
+for a compressed one (it will not grow) and for a plain one rotated away (renamed from
+where the log is written, or a copy) that a whole run found unchanged. The stream's rows
+move to its owner's path (its label), so a task run again reads its bytes where they are
+now. Every other file of the stream holds bytes already processed and produces nothing.
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ class _Match:
     seq: int
     how: str  # "same" (the file the last run saw) | "inode" | "content"
     covered: int | None = None  # with "same": how much of it the stream held
+    rotated: bool = False  # renamed away from where the log is written, or a copy
+    rested: bool = False  # rotated away at the last run already, and unchanged since
 
 
 @dataclass
@@ -262,16 +265,17 @@ def _match(
         file.size,
         file.mtime_ns,
     ):
-        return _Match(probe, last.seq, "same", last.covered)
+        return _Match(probe, last.seq, "same", last.covered, last.rotated, last.rotated)
     reason = "new"
     last = seen_as.get((probe.dev, probe.ino))
-    if last is not None and (last.size, last.mtime_ns) == (file.size, file.mtime_ns):
-        return _Match(probe, last.seq, "same", last.covered)  # renamed, nothing else
     if last is not None:
+        renamed = last.rotated or last.path != file.path
+        if (last.size, last.mtime_ns) == (file.size, file.mtime_ns):
+            return _Match(probe, last.seq, "same", last.covered, renamed, last.rotated)
         stream = known[last.seq]
         shrank = not probe.compressed and file.size < (last.covered or 0)
         if not shrank and probe.head(stream.row.head_len) == stream.row.head:
-            return _Match(probe, last.seq, "inode")
+            return _Match(probe, last.seq, "inode", rotated=renamed)
         if last.path == file.path:  # else a new file given a deleted one's inode
             reason = "truncated"
     for length in head_lengths:
@@ -280,7 +284,7 @@ def _match(
             break
         seq = heads.get((length, digest))
         if seq is not None:
-            return _Match(probe, seq, "content")
+            return _Match(probe, seq, "content", rotated=True)
     return reason
 
 
@@ -321,6 +325,11 @@ class _Builder:
                 if more:
                     extra.append((match, None))
                 continue
+            if match.how == "same" and match.rested and match.covered == end < probe.file.size:
+                # rotated away and left as it was for a whole run: its last line is final
+                members.append((match, probe.file.size))
+                extra.append((match, probe.file.size))
+                continue
             if probe.file.size <= end or (match.how == "same" and (match.covered or 0) <= end):
                 members.append((match, min(probe.file.size, end)))
                 continue
@@ -352,13 +361,15 @@ class _Builder:
             run: list[TaskSpec] = []
             skip: list[TaskSpec] = []
             reason = _reason(match, stream.row.label)
+            if match is owner and match.how == "same":
+                reason = "rotated"  # the last line of a file rotated away
             if match is holder:
                 run, skip = self._rows(stream, holder, reason)
                 if owner is not None:
                     run += self._tasks(owner.probe, end, owner_end, reason)
                     covered = None if owner.probe.compressed else owner_end
             self.decisions.append(FileDecision(match.probe.file, run, skip, note=reason))
-            self._see(match.probe, stream.row.seq, covered)
+            self._see(match.probe, stream.row.seq, covered, match.rotated)
         return strays
 
     def _extend_head(self, row: StreamRow, label: str, probe: Probe, stop: int) -> None:
@@ -457,10 +468,12 @@ class _Builder:
             if stream.row.seq not in self.owned and label in self.labels:
                 self.moves.append((label, f"{label}\0{stream.row.seq}"))
 
-    def _see(self, probe: Probe, seq: int, covered: int | None) -> None:
+    def _see(self, probe: Probe, seq: int, covered: int | None, rotated: bool = False) -> None:
         file = probe.file
         self.seen.append(
-            SeenRow(file.path, probe.dev, probe.ino, file.size, file.mtime_ns, seq, covered)
+            SeenRow(
+                file.path, probe.dev, probe.ino, file.size, file.mtime_ns, seq, covered, rotated
+            )
         )
 
 

@@ -101,14 +101,16 @@ CREATE TABLE IF NOT EXISTS seen (
     size        INTEGER NOT NULL,
     mtime_ns    INTEGER NOT NULL,
     seq         INTEGER NOT NULL,
-    covered     INTEGER
+    covered     INTEGER,
+    rotated     INTEGER NOT NULL DEFAULT 0
 );
 """
 # ``streams`` and ``seen`` serve growing logs only (``pipeline.rotation``): a stream is
 # the content of one log over its life (renamed, copied, compressed), its task rows under
 # one path, its label; ``seq`` orders streams as first seen (the order of ``records.*``).
 # ``seen`` holds the files of the last run, each with the stream it belongs to and how
-# much of it (decompressed) is that stream's, up to what was planned (NULL: all of it).
+# much of it (decompressed) is that stream's, up to what was planned (NULL: all of it), and
+# whether it was rotated away (renamed from where the log is written, or a copy).
 # Keyed by (path, offset), the order in which tasks are planned, batched and committed:
 # a batch's rows go into neighbouring pages (keyed by the task id, a hash, every row
 # landed on a random page of a second index: 4x slower at 200,000 files).
@@ -184,6 +186,7 @@ class SeenRow:
     mtime_ns: int
     seq: int
     covered: int | None
+    rotated: bool = False
 
 
 _ROW_COLUMNS = (
@@ -474,8 +477,13 @@ class Ledger:
 
     def seen(self) -> list[SeenRow]:
         """The files the last run of a growing log saw."""
-        query = "SELECT path, dev, ino, size, mtime_ns, seq, covered FROM seen ORDER BY path"
-        return [SeenRow(os.fsdecode(path), *rest) for path, *rest in self._rows_of(query)]
+        query = (
+            "SELECT path, dev, ino, size, mtime_ns, seq, covered, rotated FROM seen ORDER BY path"
+        )
+        return [
+            SeenRow(os.fsdecode(path), *rest[:-1], bool(rest[-1]))
+            for path, *rest in self._rows_of(query)
+        ]
 
     def _rows_of(self, query: str) -> list[tuple[Any, ...]]:
         """A query's rows; none when its table is not there (a ledger from before growing
@@ -807,10 +815,10 @@ class PlanRecorder:
     def replace_seen(self, seen: Iterable[SeenRow]) -> None:
         self._db.execute("DELETE FROM seen")
         self._db.executemany(
-            "INSERT INTO seen (path, dev, ino, size, mtime_ns, seq, covered) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO seen (path, dev, ino, size, mtime_ns, seq, covered, rotated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (os.fsencode(s.path), s.dev, s.ino, s.size, s.mtime_ns, s.seq, s.covered)
+                (os.fsencode(s.path), s.dev, s.ino, s.size, s.mtime_ns, s.seq, s.covered, s.rotated)
                 for s in seen
             ],
         )

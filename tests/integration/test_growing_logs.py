@@ -257,6 +257,25 @@ def test_growing_logs_on_a_dask_cluster(dask_cluster: DaskCluster) -> None:
     world.check()
 
 
+def test_the_last_line_of_a_log_rotated_away_counts_once_it_rests(tmp_path: Path) -> None:
+    """A plain file renamed away with an unfinished last line: the line waits while a
+    writer may still end it, and counts once a run found the file as it was."""
+    world = LogWorld(tmp_path)
+    world.write(30, partial=b"000030 GET /p2 2")
+    world.run()
+    os.rename(world.live, world.logs / "access.log.1")
+    world.write(3)
+    world.run()  # renamed since the last run: its last line may still be ended
+    assert read_json(tmp_path / "out" / "stats.json")["lines"] == 30 + 3
+    assert world.plan()["access.log.1"] == {"rotated"}
+    world.run()
+    world.streams[0] += b"\n"  # in the reference, the final line is a whole line
+    world.check()
+    assert read_json(tmp_path / "out" / "report.json")["run"]["records"] == 1
+    world.run()  # and only once
+    world.check()
+
+
 def test_without_growing_a_renamed_log_counts_again(tmp_path: Path) -> None:
     """Identity stays by path: equal content under two names counts twice."""
     world = LogWorld(tmp_path)
