@@ -730,8 +730,18 @@ def test_result_key_changes_with_results(tmp_path: Path) -> None:
         "input.format=jsonl",
         "input.encoding=latin-1",
         "output.records=csv",
+        "input.growing=true",
     ]:
         assert load(tmp_path, KEYED, [override]).result_key() != base, override
+    assert load(tmp_path, KEYED, ["input.growing=false"]).result_key() == base
+
+
+def test_growing_needs_a_line_format_and_a_boolean(tmp_path: Path) -> None:
+    message = error_of(tmp_path, MINIMAL, ["input.growing=true", "input.format=csv"])
+    assert "input.growing" in message and "lines or jsonl" in message, message
+    message = error_of(tmp_path, MINIMAL, ["input.growing=maybe"])
+    assert "input.growing" in message, message
+    assert load(tmp_path, MINIMAL, ["input.growing=true"]).input.growing is True
 
 
 def test_result_key_uses_canonical_encoding_names(tmp_path: Path) -> None:
