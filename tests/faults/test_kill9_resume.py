@@ -12,6 +12,7 @@ is the one of ``test_signals.py``.
 
 from __future__ import annotations
 
+import gzip
 import os
 import random
 import shutil
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.faults.test_signals import (
     BASE_S,
@@ -293,3 +295,49 @@ def test_resume_after_kill9_with_an_input_changed_in_between(
     assert stats["n"] == N_FILES * N_LINES + 2 * extra
     assert stats["by_file"]["0000"] == stats["by_file"]["0007"] == N_LINES + extra
     assert report["records"] == read_json(fresh_out / "report.json")["records"]
+
+
+def test_resume_after_kill9_of_a_growing_log_run_with_rotations_in_between(
+    tmp_path: Path, harness: Harness, baseline: Baseline
+) -> None:
+    """``input.growing``: kill -9 mid-run, then a rename, a compressed copy and growth
+    before the resume: every line counts once (the records and stats of a fresh run over
+    the files as they are then; in another order, as the streams were first seen)."""
+    data = tmp_path / "data"
+    shutil.copytree(baseline.data, data)
+    out = tmp_path / "out"
+    config = job_config(tmp_path / "cfg", data, out, start_method="fork")
+    body = yaml.safe_load(config.read_text())
+    body["input"]["growing"] = True
+    config.write_text(yaml.safe_dump(body))
+    run = harness.launch(*run_args(config), env=run_env(base_s=BASE_S))
+    wait_for(lambda: parts_count(out) >= 12, 30, "12 part files", run)
+    assert kill9_group_and_reap(run) == -signal.SIGKILL
+
+    (data / "f00.log").rename(data / "g00.log")  # renamed: the same stream
+    f01 = data / "f01.log"
+    (data / "f01-old.log.gz").write_bytes(gzip.compress(f01.read_bytes()))  # a copy
+    f01.unlink()
+    with open(data / "f07.log", "a", encoding="utf-8") as handle:  # grown
+        handle.writelines(f"F0007 L{i:06d} appended {i}\n" for i in range(N_LINES, N_LINES + 40))
+    body["input"]["paths"] = [str(data / "*.log"), str(data / "*.log.gz")]
+    config.write_text(yaml.safe_dump(body))
+
+    result = harness.run(*run_args(config), env=run_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_no_traceback(result.stderr)
+    assert read_json(out / "report.json")["status"] == "ok"
+    assert_no_temp_files(out)
+
+    fresh_out = tmp_path / "fresh-out"
+    fresh_config = tmp_path / "cfg" / "fresh.yaml"
+    fresh_config.write_text(
+        yaml.safe_dump({**body, "output": {**body["output"], "dir": str(fresh_out)}})
+    )
+    fresh = harness.run(*run_args(fresh_config), env=run_env())
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    lines = (out / "records.jsonl").read_bytes().splitlines()
+    assert len(lines) == N_FILES * N_LINES + 40
+    assert len(set(lines)) == len(lines), "duplicated records"
+    assert sorted(lines) == sorted((fresh_out / "records.jsonl").read_bytes().splitlines())
+    assert read_json(out / "stats.json") == read_json(fresh_out / "stats.json")
