@@ -178,6 +178,7 @@ class PackedTasks:
     # The packed files that had malformed records, as (path, compression, records in,
     # malformed, first rejected records): their results do not travel back on their own.
     flagged: tuple[tuple[str, str | None, int, int, tuple[Rejected, ...]], ...] = ()
+    span: tuple[float, float] = (0.0, 0.0)  # when the worker began the first, ended the last
 
     @property
     def files(self) -> int:
@@ -219,6 +220,8 @@ class TaskResult:
     duration_s: float = 0.0
     pid: int = 0
     content: str | None = None  # digest of a small whole file, for touched-but-same checks
+    started: float = 0.0  # when the worker began it (epoch seconds; 0: it never began)
+    host: str = ""  # the worker's machine, with ``pid`` the worker
     error_kind: str | None = None  # error | crashed | timeout
     error: str | None = None
     traceback: str | None = None
@@ -249,6 +252,8 @@ class TaskResult:
             self.duration_s,
             self.pid,
             self.content,
+            self.started,
+            self.host,
             self.error_kind,
             self.error,
             self.traceback,

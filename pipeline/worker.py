@@ -31,6 +31,7 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import socket
 import sys
 import threading
 import time
@@ -89,6 +90,7 @@ class TaskRunner:
                 sys.path.insert(0, folder)
         self.job = job
         self.pid = os.getpid()  # built in the process that runs the tasks
+        self.host = socket.gethostname()
         self.reasons: list[str] = []  # the chain's reasons for the record just rejected
         # The chain cut at its batch calls; without one, ``head`` is the whole chain.
         self.stages = steps.compile_stages(job.steps, self.reasons)
@@ -174,7 +176,8 @@ class TaskRunner:
             on_task(index)
         started = time.perf_counter()
         counters = readers.ReadCounters(may_grow=self.job.growing)
-        result = TaskResult(task.task_id, ok=False, pid=self.pid)
+        result = TaskResult(task.task_id, ok=False, pid=self.pid, host=self.host)
+        result.started = time.time()
         sink = _Sink(self, handle)
         try:
             if self.fast is not None:

@@ -70,6 +70,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     content     TEXT,
     error_kind  TEXT,
     error       TEXT,
+    started     REAL,
+    worker      TEXT,
     PRIMARY KEY (path, offset)
 );
 CREATE TABLE IF NOT EXISTS batches (
@@ -85,7 +87,10 @@ CREATE TABLE IF NOT EXISTS batches (
     partials    TEXT,
     part        TEXT,
     part_size   INTEGER,
-    members     TEXT NOT NULL
+    members     TEXT NOT NULL,
+    started     REAL,
+    ended       REAL,
+    worker      TEXT
 );
 CREATE INDEX IF NOT EXISTS batches_by_first_path ON batches (first_path);
 CREATE TABLE IF NOT EXISTS streams (
@@ -111,6 +116,8 @@ CREATE TABLE IF NOT EXISTS seen (
 # ``seen`` holds the files of the last run, each with the stream it belongs to and how
 # much of it (decompressed) is that stream's, up to what was planned (NULL: all of it), and
 # whether it was rotated away (renamed from where the log is written, or a copy).
+# ``started`` and ``worker`` (host:pid): when and where a task last ran (a batch row: its
+# first task's start and its last one's end), for the report's timeline.
 # Keyed by (path, offset), the order in which tasks are planned, batched and committed:
 # a batch's rows go into neighbouring pages (keyed by the task id, a hash, every row
 # landed on a random page of a second index: 4x slower at 200,000 files).
@@ -144,6 +151,8 @@ class TaskRow:
     parsed_partials: dict[str, Any] | None = None  # a batch member's, parsed with its batch
     batch_id: str | None = None  # the batch row holding it (None: a row of ``tasks``)
     duration_s: float | None = None  # its last attempt's (None for a packed small file)
+    started: float | None = None  # when its last attempt began (a batch member: its batch)
+    worker: str | None = None  # host:pid of the worker that ran it
 
     @property
     def partials(self) -> dict[str, Any] | None:
@@ -192,7 +201,7 @@ class SeenRow:
 _ROW_COLUMNS = (
     "task_id, path, offset, length, size, mtime_ns, compression, result_key, status, "
     "attempts, records_in, records_out, malformed, undecodable, partials, part, part_size, "
-    "error_kind, error, part_offset, content, duration_s"
+    "error_kind, error, part_offset, content, duration_s, started, worker"
 )
 
 
@@ -220,6 +229,8 @@ def _row(values: tuple[Any, ...]) -> TaskRow:
         part_offset,
         content,
         duration_s,
+        started,
+        worker,
     ) = values
     return TaskRow(
         task_id,
@@ -244,6 +255,8 @@ def _row(values: tuple[Any, ...]) -> TaskRow:
         part_offset or 0,
         content,
         duration_s=duration_s,
+        started=started,
+        worker=worker,
     )
 
 
@@ -284,8 +297,13 @@ class Ledger:
                 columns = {r[1] for r in self._db.execute("PRAGMA table_info(tasks)")}
                 if "part_offset" not in columns:  # a ledger from before batching
                     self._db.execute("ALTER TABLE tasks ADD COLUMN part_offset INTEGER")
-                if "content" not in columns:
-                    self._db.execute("ALTER TABLE tasks ADD COLUMN content TEXT")
+                for name, kind in (("content", "TEXT"), ("started", "REAL"), ("worker", "TEXT")):
+                    if name not in columns:  # a ledger from before the column
+                        self._db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
+                batch_columns = {r[1] for r in self._db.execute("PRAGMA table_info(batches)")}
+                for name, kind in (("started", "REAL"), ("ended", "REAL"), ("worker", "TEXT")):
+                    if name not in batch_columns:
+                        self._db.execute(f"ALTER TABLE batches ADD COLUMN {name} {kind}")
                 self._rekey_tasks()
                 self._db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
@@ -637,6 +655,8 @@ class Ledger:
                 r.error_kind,
                 _text(r.error),
                 r.content,
+                r.started or None,
+                _worker(r),
             )
             for r in results
             if r.task_id not in skip
@@ -646,8 +666,9 @@ class Ledger:
                 db.execute(
                     "INSERT OR REPLACE INTO batches (first_path, files, records_in, "
                     "records_out, malformed, undecodable, bytes_read, part_size, partials, "
-                    "members, batch_id, result_key, run_id, finished, attempts, part) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "members, batch_id, result_key, run_id, finished, attempts, part, "
+                    "started, ended, worker) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         packed.first_path,
                         *packed.totals,
@@ -659,19 +680,26 @@ class Ledger:
                         now,
                         attempts,
                         packed.part,
+                        *(packed.span if packed.span[0] else (None, None)),
+                        _worker(next(r for r in results if r.packed is packed)),
                     ),
                 )
             if rows:
                 db.executemany(_UPSERT, rows)
 
 
-_BATCH_COLUMNS = "result_key, attempts, part, members, batch_id"
+_BATCH_COLUMNS = "result_key, attempts, part, members, batch_id, started, worker"
+
+
+def _worker(result: TaskResult) -> str | None:
+    """``host:pid`` of the worker that ran a task (None: it never reached one)."""
+    return f"{result.host}:{result.pid}" if result.pid else None
 
 
 def _member_rows(values: tuple[Any, ...]) -> list[TaskRow]:
     """The members of a batch row (``_BATCH_COLUMNS``) as TaskRows, in path order (the
     fields as ``packing.member`` lays them out)."""
-    result_key, attempts, part, members, batch_id = values
+    result_key, attempts, part, members, batch_id, started, worker = values
     return [
         TaskRow(
             task_id,
@@ -697,6 +725,8 @@ def _member_rows(values: tuple[Any, ...]) -> list[TaskRow]:
             content,
             partials,
             batch_id,
+            started=started,
+            worker=worker,
         )
         for (
             task_id,
@@ -902,6 +932,8 @@ _RESULT_COLUMNS = (
     "error_kind",
     "error",
     "content",
+    "started",
+    "worker",
 )
 _UPSERT = (
     "INSERT INTO tasks (task_id, path, offset, length, size, mtime_ns, compression, result_key, "

@@ -57,6 +57,7 @@ def pack_tasks(
             for task, r in done
             if r.malformed
         ),
+        (min(r.started for _, r in done), max(r.started + r.duration_s for _, r in done)),
     )
 
 

@@ -7,7 +7,10 @@ would have shown them; writers must keep every byte range of a path in one place
 from __future__ import annotations
 
 import math
+import os
+import socket
 import sqlite3
+import time
 from pathlib import Path
 
 from pipeline import aggregates, worker
@@ -269,3 +272,54 @@ class _NoLock:
 
     def release(self) -> None:
         return None
+
+
+# --- when and where each task ran (the report's timeline) ------------------------------
+
+
+def test_the_ledger_keeps_when_and_where_each_task_ran(tmp_path: Path) -> None:
+    """A task row: its start and its worker (host:pid); a packed batch: the span from its
+    first task's start to its last one's end, and its worker, shown on every member."""
+    (tmp_path / "store").mkdir()
+    ledger = Ledger(tmp_path / "store")
+    run = ledger.start_run("job", "k")
+    tasks = small_files(tmp_path, 3)
+    before = time.time()
+    sent = worker.execute(job(tmp_path), Batch.of(tuple(tasks))).results
+    alone = worker.execute(job(tmp_path), Batch.of((tasks[0]._replace(task_id="solo"),)))
+    ledger.commit_tasks({t.task_id: t for t in tasks}, sent, 1, run, "k")
+    solo = tasks[0]._replace(task_id="solo", path=str(tmp_path / "solo"))
+    ledger.commit_tasks({"solo": solo}, alone.results, 1, run, "k")
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    rows = {row.task_id: row for row in ledger.tasks()}
+    assert {row.worker for row in rows.values()} == {here}
+    assert all(before <= (row.started or 0) <= time.time() for row in rows.values())
+    assert rows["t0"].started == rows["t2"].started  # a batch: one bar from its start
+    ((started, ended, worker_id),) = sqlite3.connect(tmp_path / "store" / LEDGER_NAME).execute(
+        "SELECT started, ended, worker FROM batches"
+    )
+    assert started <= ended and worker_id == here
+    ledger.close()
+
+
+def test_a_ledger_from_before_the_timing_columns_gains_them(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    ledger = Ledger(store)
+    run = ledger.start_run("job", "k")
+    (task,) = small_files(tmp_path, 1)
+    ledger.commit_tasks({task.task_id: task}, [result(task, 2)], 1, run, "k")
+    ledger.close()
+    db = sqlite3.connect(store / LEDGER_NAME)
+    for table, columns in (
+        ("tasks", ("started", "worker")),
+        ("batches", ("started", "ended", "worker")),
+    ):
+        for column in columns:
+            db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.commit()
+    db.close()
+    ledger = Ledger(store)  # migrated in place
+    (row,) = ledger.tasks()
+    assert (row.task_id, row.records_in, row.started, row.worker) == (task.task_id, 2, None, None)
+    ledger.close()

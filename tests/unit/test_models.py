@@ -41,6 +41,8 @@ def test_task_result_round_trips_every_field() -> None:
         duration_s=0.5,
         pid=9,
         content="c0ffee",
+        started=1_700_000_000.25,
+        host="worker-host",
         error_kind="error",
         error="boom",
         traceback="Traceback ...",
