@@ -260,6 +260,12 @@ def _row(values: tuple[Any, ...]) -> TaskRow:
     )
 
 
+def _present(db: sqlite3.Connection, table: str, columns: str) -> str:
+    """``columns`` (a comma-separated list) with those ``table`` lacks as ``NULL``."""
+    have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+    return ", ".join(c if c in have else "NULL" for c in columns.split(", "))
+
+
 def _text(value: str | None) -> str | None:
     """SQLite TEXT must be valid UTF-8: a file name that is not (decoded by ``os.fsdecode``
     into lone surrogates) is kept as ``\\udcXX`` escapes."""
@@ -309,6 +315,9 @@ class Ledger:
                     "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+            # A ledger opened read-only is not migrated: columns it lacks read as NULL.
+            self._row_columns = _present(self._db, "tasks", _ROW_COLUMNS)
+            self._batch_columns = _present(self._db, "batches", _BATCH_COLUMNS)
             check = self._db.execute("PRAGMA quick_check").fetchone()
         except sqlite3.DatabaseError as exc:
             raise LedgerCorruptError(
@@ -422,19 +431,21 @@ class Ledger:
     # --- tasks ----------------------------------------------------------------------
     def tasks(self) -> Iterator[TaskRow]:
         """Every task, in the deterministic output order: by path bytes, then offset."""
-        return self._ordered(f"SELECT {_ROW_COLUMNS} FROM tasks ORDER BY path, offset", (), "", ())
+        return self._ordered(
+            f"SELECT {self._row_columns} FROM tasks ORDER BY path, offset", (), "", ()
+        )
 
     def tasks_for_planning(self) -> Iterator[TaskRow]:
         """Every task in path order (as ``tasks``), without the stats partials of
         ``tasks`` rows: planning never needs them."""
-        columns = _ROW_COLUMNS.replace("partials,", "NULL,")
+        columns = self._row_columns.replace("partials,", "NULL,")
         return self._ordered(f"SELECT {columns} FROM tasks ORDER BY path, offset", (), "", ())
 
     def committed(self, result_key: str) -> Iterator[TaskRow]:
         """The done tasks of the current result-affecting config, in output order —
         streamed, so the final outputs never hold every row in memory."""
         query = (
-            f"SELECT {_ROW_COLUMNS} FROM tasks WHERE status = 'done' AND result_key = ? "
+            f"SELECT {self._row_columns} FROM tasks WHERE status = 'done' AND result_key = ? "
             "ORDER BY path, offset"
         )
         return self._ordered(query, (result_key,), "WHERE result_key = ?", (result_key,))
@@ -456,7 +467,8 @@ class Ledger:
 
         push(_row(values) for values in self._db.execute(query, params))
         batches = self._db.execute(
-            f"SELECT first_path, {_BATCH_COLUMNS} FROM batches {batch_filter} ORDER BY first_path",
+            f"SELECT first_path, {self._batch_columns} FROM batches {batch_filter} "
+            "ORDER BY first_path",
             batch_params,
         )
         pending = next(batches, None)
@@ -474,7 +486,7 @@ class Ledger:
         stream (none are expected) after them, in path order."""
         labels = [row.label for row in self.streams()]
         query = (
-            f"SELECT {_ROW_COLUMNS} FROM tasks WHERE status = 'done' AND result_key = ? "
+            f"SELECT {self._row_columns} FROM tasks WHERE status = 'done' AND result_key = ? "
             "AND path = ? ORDER BY offset"
         )
         for label in labels:
@@ -611,6 +623,7 @@ class Ledger:
         other._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
         other._db.execute(f"PRAGMA cache_size = {READER_CACHE_KIB}")
         other._db.execute("BEGIN")
+        other._row_columns, other._batch_columns = self._row_columns, self._batch_columns
         return other
 
     def commit_task(

@@ -319,6 +319,10 @@ def test_a_ledger_from_before_the_timing_columns_gains_them(tmp_path: Path) -> N
             db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     db.commit()
     db.close()
+    readonly = Ledger(store, readonly=True)  # not migrated (``plan``, ``report``): NULLs
+    (row,) = readonly.tasks_for_planning()
+    assert (row.task_id, row.started, row.worker) == (task.task_id, None, None)
+    readonly.close()
     ledger = Ledger(store)  # migrated in place
     (row,) = ledger.tasks()
     assert (row.task_id, row.records_in, row.started, row.worker) == (task.task_id, 2, None, None)
