@@ -61,12 +61,20 @@ def uses_edges(content: str) -> bool:
     return content.startswith(EDGES)
 
 
-def still_holds(path: str, offset: int, length: int, content: str) -> bool:
-    """Whether ``[offset, offset + length)`` of the file now is what ``content`` names."""
+def content_windows(offset: int, length: int, content: str) -> list[tuple[int, int]] | None:
+    """The windows to read to check a range against its ``content``; None when that
+    digest cannot be of such a range (its edges would overlap)."""
     edges = uses_edges(content)
     if edges and length < 2 * EDGE:
+        return None
+    return windows(offset, length, edges)
+
+
+def still_holds(path: str, offset: int, length: int, content: str) -> bool:
+    """Whether ``[offset, offset + length)`` of the file now is what ``content`` names."""
+    if content_windows(offset, length, content) is None:
         return False
-    return range_digest(path, offset, length, edges=edges) == content
+    return range_digest(path, offset, length, edges=uses_edges(content)) == content
 
 
 def byte_at(path: str, offset: int) -> bytes:

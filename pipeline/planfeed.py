@@ -46,6 +46,7 @@ class PlanFeed:
         self._batcher = batcher
         self._recorder = ledger.plan_recorder(result_key, run_id)
         self._reader: Ledger | None = ledger.reader()
+        self._discovery = files
         self._files: Generator[tuple[InputFile, list[TaskRow]], None, None] = join_rows(
             files, self._reader.tasks_for_planning()
         )
@@ -96,7 +97,7 @@ class PlanFeed:
         assert self._reader is not None
         reader = self._reader
         growing = plan_growing(
-            (file for file, _ in self._files),
+            self._discovery,  # its files alone: the ledger's rows are read once, below
             reader.tasks_for_planning(),
             reader.streams(),
             reader.seen(),

@@ -20,7 +20,7 @@ from itertools import pairwise
 from typing import IO, NamedTuple
 
 from pipeline.chunking import is_splittable, split_ranges
-from pipeline.digest import EDGES, byte_at, still_holds
+from pipeline.digest import byte_at, still_holds, uses_edges
 from pipeline.errors import StoreError
 from pipeline.models import EACH_TASK_ANNOUNCED_UP_TO, Batch, InputFile, TaskSpec, covers_file
 from pipeline.store.ledger import TaskRow
@@ -124,19 +124,22 @@ def new_tasks(
     reason: str,
     spread: int = 1,
     start: int = 0,
+    stop: int | None = None,
 ) -> list[TaskSpec]:
     """Cut a file into range tasks, or one whole-file task when it cannot be split;
-    ``spread``: the worker count the ranges are spread over (``split_ranges``); ``start``:
-    where the bytes to process begin (a file that grew)."""
+    ``spread``: the worker count the ranges are spread over (``split_ranges``); ``start``
+    and ``stop``: the bytes to process, when not all of them (a file that grew; a growing
+    log up to its last line end; a compressed one, decompressed, from ``start`` on)."""
     path, size, mtime_ns, compression = file
+    stop = size if stop is None else stop
     if not is_splittable(fmt, compression):
-        ranges: Iterable[tuple[int, int | None]] = [(0, None)]
-    elif size - start <= chunk_size:  # the usual case, without the general cut
-        ranges = [(start, size - start)]
+        ranges: Iterable[tuple[int, int | None]] = [(start, None)]
+    elif stop - start <= chunk_size:  # the usual case, without the general cut
+        ranges = [(start, stop - start)]
     else:
         ranges = [
             (start + offset, length)
-            for offset, length in split_ranges(size - start, chunk_size, spread)
+            for offset, length in split_ranges(stop - start, chunk_size, spread)
         ]
     return [
         TaskSpec(
@@ -319,7 +322,7 @@ def _only_touched(file: InputFile, rows: Sequence[TaskRow]) -> bool:
         return False
     (row,) = rows
     content = row.content
-    if row.status != "done" or content is None or content.startswith(EDGES):
+    if row.status != "done" or content is None or uses_edges(content):
         return False
     if row.size != file.size:
         return False

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
-from pipeline.chunking import split_ranges
-from pipeline.digest import EDGE, bytes_digest, still_holds, uses_edges, windows, windows_digest
+from pipeline.digest import bytes_digest, content_windows, still_holds, uses_edges, windows_digest
 from pipeline.models import InputFile, TaskSpec
-from pipeline.planning import FileDecision, Planner, reuse_reason, task_id
+from pipeline.planning import FileDecision, Planner, new_tasks, reuse_reason
 from pipeline.readers import BLOCK_SIZE, opened_stream
 from pipeline.store.ledger import SeenRow, StreamRow, TaskRow
 
@@ -99,12 +98,11 @@ class Probe:
         """For a compressed file: whether its decompressed bytes of ``row`` are what the
         row's digest names, and whether it goes on past ``end`` — in one pass."""
         wanted: list[tuple[int, int]] = []
-        edges = False
         if row is not None and row.length is not None and row.content is not None:
-            edges = uses_edges(row.content)
-            if edges and row.length < 2 * EDGE:
+            found = content_windows(row.offset, row.length, row.content)
+            if found is None:
                 return False, True
-            wanted = windows(row.offset, row.length, edges)
+            wanted = found
         with opened_stream(self.path, self.file.compression) as stream:
             pieces, more = _collect(stream, wanted, end)
         if row is None:
@@ -112,7 +110,8 @@ class Probe:
         complete = all(
             len(p) == stop - start for p, (start, stop) in zip(pieces, wanted, strict=True)
         )
-        return complete and windows_digest(pieces, edges) == row.content, more
+        content = row.content or ""
+        return complete and windows_digest(pieces, uses_edges(content)) == content, more
 
 
 def _read_up_to(stream: IO[bytes], length: int) -> bytes:
@@ -265,13 +264,13 @@ def _match(
         file.size,
         file.mtime_ns,
     ):
-        return _Match(probe, last.seq, "same", last.covered, last.rotated, last.rotated)
+        return _Match(probe, last.seq, "same", last.covered, last.rotated, rested=last.rotated)
     reason = "new"
     last = seen_as.get((probe.dev, probe.ino))
     if last is not None:
         renamed = last.rotated or last.path != file.path
         if (last.size, last.mtime_ns) == (file.size, file.mtime_ns):
-            return _Match(probe, last.seq, "same", last.covered, renamed, last.rotated)
+            return _Match(probe, last.seq, "same", last.covered, renamed, rested=last.rotated)
         stream = known[last.seq]
         shrank = not probe.compressed and file.size < (last.covered or 0)
         if not shrank and probe.head(stream.row.head_len) == stream.row.head:
@@ -400,41 +399,26 @@ class _Builder:
         run, skip = [], []
         for row in stream.rows:
             why = reuse_reason(row, None, "")
-            spec = TaskSpec(
-                row.task_id,
-                file.path,
-                row.offset,
-                row.length,
-                file.size,
-                file.mtime_ns,
-                file.compression,
-                why if why != "unchanged" else ("unchanged" if reason == "grew" else reason),
+            shown = why if why != "unchanged" else ("unchanged" if reason == "grew" else reason)
+            spec = row.spec(shown)._replace(
+                path=file.path, size=file.size, mtime_ns=file.mtime_ns, compression=file.compression
             )
             (skip if why == "unchanged" else run).append(spec)
         return run, skip
 
     def _tasks(self, probe: Probe, start: int, stop: int, reason: str) -> list[TaskSpec]:
         """Tasks for a file's bytes ``[start, stop)`` (a compressed one's: to its end)."""
-        file = probe.file
         planner = self.planner
-        if probe.compressed:
-            ranges: list[tuple[int, int | None]] = [(start, None)]
-        else:
-            pieces = split_ranges(stop - start, planner.chunk_size, planner.spread)
-            ranges = [(start + offset, length) for offset, length in pieces]
-        return [
-            TaskSpec(
-                task_id(file.path, offset, length, file.size, file.mtime_ns, planner.result_key),
-                file.path,
-                offset,
-                length,
-                file.size,
-                file.mtime_ns,
-                file.compression,
-                reason,
-            )
-            for offset, length in ranges
-        ]
+        return new_tasks(
+            probe.file,
+            planner.fmt,
+            planner.chunk_size,
+            planner.result_key,
+            reason,
+            planner.spread,
+            start,
+            stop,
+        )
 
     def start(self, probe: Probe, reason: str, seq: int) -> bool:
         """A file that starts a stream of its own; False when it has no whole line yet
@@ -484,8 +468,3 @@ def _reason(match: _Match, label: str) -> str:
     if match.probe.path != label:
         return "renamed"
     return "grew" if match.how == "inode" else "unchanged"
-
-
-def growing_decisions(plan: GrowingPlan) -> Iterator[FileDecision]:
-    """The decisions in path order, as ``pipeline plan`` lists them."""
-    return iter(sorted(plan.decisions, key=lambda d: os.fsencode(d.file.path)))

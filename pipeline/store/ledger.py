@@ -481,21 +481,15 @@ class Ledger:
             push(rows)
 
     def committed_in_streams(self, result_key: str) -> Iterator[TaskRow]:
-        """``committed`` for growing logs: stream by stream in the order they were first
-        seen (the order their lines were written), each in offset order; rows of no
-        stream (none are expected) after them, in path order."""
-        labels = [row.label for row in self.streams()]
+        """``committed`` for growing logs (never packed into batch rows): stream by stream
+        in the order they were first seen (the order their lines were written), each in
+        offset order; rows of no stream (none are expected) after them, in path order."""
         query = (
-            f"SELECT {self._row_columns} FROM tasks WHERE status = 'done' AND result_key = ? "
-            "AND path = ? ORDER BY offset"
+            f"SELECT {self._row_columns} FROM tasks LEFT JOIN streams ON path = label "
+            "WHERE status = 'done' AND result_key = ? "
+            "ORDER BY seq IS NULL, seq, path, offset"
         )
-        for label in labels:
-            for values in self._db.execute(query, (result_key, os.fsencode(label))).fetchall():
-                yield _row(values)
-        known = set(labels)
-        for row in self.committed(result_key):
-            if row.path not in known:
-                yield row
+        return (_row(values) for values in self._db.execute(query, (result_key,)))
 
     def streams(self) -> list[StreamRow]:
         """A growing log's streams, in the order they were first seen."""
