@@ -14,7 +14,7 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 # The venv is (re)built only when missing or when pyproject.toml is newer than the stamp.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,dask]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,dask,report]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -37,7 +37,7 @@ data: $(STAMP)
 # pipeline's rows. Results in bench/RESULTS.md. Example:
 #   make bench BENCH_ARGS="--quick"      # small data, one repeat: smoke test of the harness
 $(BENCH_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,dask,bench]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,dask,report,bench]'
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

@@ -267,6 +267,7 @@ def plan(config: ConfigArg, overrides: SetOption = None, debug: DebugOption = Fa
             "pipeline report job.yaml --json",
             "pipeline report job.yaml --tasks",
             "pipeline report job.yaml --slowest 10",
+            "pipeline report job.yaml --html /tmp/report.html",
         ],
         READ_ONLY_EXITS,
     )
@@ -290,6 +291,15 @@ def report(
     slowest: Annotated[
         int | None, typer.Option(min=1, metavar="N", help="The job log of the N slowest tasks.")
     ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            metavar="PATH",
+            help="Write the last run's HTML report (the page the run leaves as report.html) "
+            "to PATH; needs the 'report' extra.",
+        ),
+    ] = None,
     debug: DebugOption = False,
 ) -> int:
     """Summary of the last run and the run history, from the output store; a run killed
@@ -304,12 +314,32 @@ def report(
         if not (out_dir / LEDGER_NAME).exists():
             log.error("%s: no output store yet (run the job first)", out_dir)
             return int(ExitCode.USAGE)
+        if html is not None:
+            return _write_html(out_dir, html)
         if tasks or slowest is not None:
             _write_job_log(out_dir, as_json, slowest)
             return 0
         return _write_summary(out_dir, as_json)
 
     return _guarded(body, debug)
+
+
+def _write_html(out_dir: Path, path: Path) -> int:
+    from pipeline import htmlreport, runview
+
+    htmlreport.require()
+    try:
+        view = runview.load(out_dir)
+    except runview.NoRunError as exc:
+        log.error("%s", exc)
+        return int(ExitCode.USAGE)
+    try:
+        htmlreport.write(view, path)
+    except OSError as exc:
+        log.error("%s: cannot write the report: %s", path, exc.strerror or exc)
+        return int(ExitCode.USAGE)
+    log.info("report: %s", path)
+    return 0
 
 
 def _write_job_log(out_dir: Path, as_json: bool, slowest: int | None) -> None:

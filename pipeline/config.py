@@ -451,6 +451,7 @@ class OutputConfig(_Model):
 
     dir: Path
     records: Literal["jsonl", "csv", "none"] = "jsonl"
+    report_html: StrictBool = True  # report.html at the end of every run (the report extra)
 
     @field_validator("dir", mode="before")
     @classmethod
@@ -697,7 +698,11 @@ class PipelineConfig(_Model):
             "stats": {
                 name: stat.model_dump(exclude_none=True) for name, stat in self.stats.items()
             },
-            "output": {"dir": str(self.output.dir), "records": self.output.records},
+            "output": {
+                "dir": str(self.output.dir),
+                "records": self.output.records,
+                "report_html": self.output.report_html,
+            },
             "execution": self.execution.model_dump(),
         }
 

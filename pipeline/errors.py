@@ -80,6 +80,10 @@ class ExecutionError(PipelineError):
     exit_code = ExitCode.TASKS_FAILED
 
 
+class MissingExtraError(PipelineError):
+    """An optional extra this command needs is not installed."""
+
+
 class LockHeldError(PipelineError):
     """Another run holds the lock on the output directory."""
 

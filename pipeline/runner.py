@@ -228,6 +228,8 @@ class _RunState:
     failures: list[dict[str, Any]] = field(default_factory=list)
     fatal: str | None = None  # why the run gave up early, if it did
     disk_full: bool = False
+    executor: str = ""  # as the executor describes itself, once chosen
+    workers: int = 0
     diagnostics: InputDiagnostics = field(default_factory=InputDiagnostics)
 
 
@@ -322,8 +324,9 @@ class Run:
                 plan.run_bytes,
                 live,
             )
+            self.state.executor, self.state.workers = executor.describe(), executor.parallelism()
             if plan.n_run or not feed.done:
-                log.info("executor: %s", executor.describe())
+                log.info("executor: %s", self.state.executor)
 
             def on_outcome(outcome: Outcome) -> None:
                 self._commit(ledger, live, progress, outcome, run_id)
@@ -486,10 +489,12 @@ class Run:
     ) -> None:
         """A batch's final results: one ledger transaction, then the live view and progress."""
         tasks = {t.task_id: t for t in outcome.batch.tasks}
-        for result in outcome.results:
+        for result in itertools.chain(outcome.results, (r for _, r in outcome.earlier)):
             if result.error_at is not None:  # before the ledger keeps the message
                 self._name_line(tasks[result.task_id], result)
-        ledger.commit_tasks(tasks, outcome.results, outcome.attempts, run_id, self.result_key)
+        ledger.commit_tasks(
+            tasks, outcome.results, outcome.attempts, run_id, self.result_key, outcome.earlier
+        )
         nbytes = failed = n_tasks = 0
         for result in outcome.results:
             packed = result.packed
@@ -638,6 +643,8 @@ class Run:
             "malformed_by_file": diagnosed.by_file(),
             "failures": self.state.failures,
             "warnings": warnings,
+            "executor": self.state.executor,
+            "workers": self.state.workers,
         }
         if budget is not None and self.state.failed >= budget:
             report["stopped_by"] = f"max_failures ({budget})"
@@ -649,11 +656,37 @@ class Run:
             raise StoreError(f"{self.out_dir}: cannot write report.json: {exc}") from exc
         ledger.finish_run(run_id, status, exit_code, report)
         parts.remove_unreferenced(str(self.parts_dir), ledger.part_names())
+        html_path = self._write_html_report(ledger)
         for warning in warnings:
             log.warning("%s", warning)
         for line in summary_lines(report, stats, str(self.out_dir)):
             log.info("%s", line)  # on the console unless --quiet; always in --log-file
+        if html_path is not None:
+            log.info("report: %s", html_path)
         return RunResult(exit_code, report, stats)
+
+    def _write_html_report(self, ledger: Ledger) -> Path | None:
+        """``report.html`` (``output.report_html``), from the store as it now stands. The
+        run's outcome is settled and recorded: a report that cannot be drawn is a warning,
+        never a different exit code."""
+        if not self.cfg.output.report_html:
+            return None
+        from pipeline import htmlreport, runview
+
+        if not htmlreport.available():
+            log.warning(
+                "report.html not written: %s; or set output.report_html: false",
+                htmlreport.INSTALL_HINT,
+            )
+            return None
+        path = self.out_dir / htmlreport.REPORT_HTML_NAME
+        try:
+            htmlreport.write(runview.load(self.out_dir, ledger), path)
+        except Exception as exc:  # the run is over: its report page must not undo it
+            log.warning("report.html not written: %s: %s", type(exc).__name__, exc)
+            log.debug("report.html", exc_info=True)
+            return None
+        return path
 
 
 def _estimate_s(plan: Plan) -> float:

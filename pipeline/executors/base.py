@@ -26,9 +26,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from pipeline.models import Batch, JobSpec, TaskResult
@@ -51,11 +52,38 @@ class ExecutorOptions:
 
 @dataclass(frozen=True)
 class Outcome:
-    """Final results of some tasks of a batch, and how many attempts they took."""
+    """Final results of some tasks of a batch, and how many attempts they took; with the
+    failed attempts of those tasks that went round again (attempt number, result), for the
+    report's timeline."""
 
     batch: Batch
     results: list[TaskResult]
     attempts: int
+    earlier: tuple[tuple[int, TaskResult], ...] = ()
+
+
+class AttemptLog:
+    """Failed attempts that go round again, kept until their task's outcome is final, so
+    the ledger can keep them beside it. Empty (and free) while nothing fails."""
+
+    def __init__(self) -> None:
+        self._by_task: dict[str, list[tuple[int, TaskResult]]] = {}
+
+    def add(self, results: Iterable[TaskResult], attempt: int) -> None:
+        for result in results:
+            if not result.ok:
+                self._by_task.setdefault(result.task_id, []).append((attempt, result))
+
+    def attach(self, outcome: Outcome | None) -> Outcome | None:
+        """The outcome with its tasks' earlier attempts."""
+        if outcome is None or not self._by_task:
+            return outcome
+        earlier = [
+            attempt
+            for result in outcome.results
+            for attempt in self._by_task.pop(result.task_id, ())
+        ]
+        return replace(outcome, earlier=tuple(earlier)) if earlier else outcome
 
 
 OnOutcome = Callable[[Outcome], None]
@@ -91,23 +119,51 @@ class WorkerActivity:
 
 @dataclass(frozen=True)
 class Fault:
-    """Why a batch's attempt ended without results (``kind``: crashed | timeout)."""
+    """Why a batch's attempt ended without results (``kind``: crashed | timeout), and
+    when and where that attempt began (epoch seconds, the worker's host and pid; 0 and ""
+    when it is not known)."""
 
     kind: str
     message: str
+    started: float = 0.0
+    host: str = ""
+    pid: int = 0
+
+    def results(self, batch: Batch) -> list[TaskResult]:
+        """The batch's tasks failed by this fault, stamped with its attempt's span."""
+        duration = time.time() - self.started if self.started else 0.0
+        return [
+            TaskResult(
+                t.task_id,
+                ok=False,
+                error_kind=self.kind,
+                error=f"{t.path}: {self.message}",
+                started=self.started,
+                duration_s=duration,
+                host=self.host,
+                pid=self.pid,
+            )
+            for t in batch.tasks
+        ]
 
 
 def settle(
-    batch: Batch, results: list[TaskResult], attempt: int, retries: int, stopping: bool
+    batch: Batch,
+    results: list[TaskResult],
+    attempt: int,
+    retries: int,
+    stopping: bool,
+    history: AttemptLog,
 ) -> tuple[Outcome | None, Batch | None]:
     """Split a batch's results into what is final now and the failed tasks that go round
-    again (as a batch of their own) while attempts remain."""
+    again (as a batch of their own) while attempts remain; ``history`` keeps those."""
     failed = {r.task_id for r in results if not r.ok}
     if not failed or attempt > retries or stopping:
-        return Outcome(batch, results, attempt), None
+        return history.attach(Outcome(batch, results, attempt)), None
+    history.add(results, attempt)
     done = [r for r in results if r.ok]
     retry = Batch.of(tuple(t for t in batch.tasks if t.task_id in failed))
-    return (Outcome(batch, done, attempt) if done else None), retry
+    return (history.attach(Outcome(batch, done, attempt)) if done else None), retry
 
 
 def error_results(batch: Batch, kind: str, message: str) -> list[TaskResult]:
@@ -155,6 +211,7 @@ class Schedule:
         self.retries = retries
         self.stopping = False
         self.completed = 0
+        self.history = AttemptLog()
         self._changed = threading.Condition()
 
     def refill(self) -> None:
@@ -212,7 +269,9 @@ class Schedule:
                 return None  # a late result of a batch already retired
             self.completed += 1
             batch, attempt = entry
-            outcome, retry = settle(batch, results, attempt, self.retries, self.stopping)
+            outcome, retry = settle(
+                batch, results, attempt, self.retries, self.stopping, self.history
+            )
             if retry is not None:
                 for result in results:
                     if not result.ok:
@@ -244,7 +303,8 @@ class Schedule:
                     self._retry.appendleft((Batch.of(others), attempt))
                     batch = Batch.of(blamed)
             if attempt > self.retries:
-                return Outcome(batch, error_results(batch, fault.kind, fault.message), attempt)
+                return self.history.attach(Outcome(batch, fault.results(batch), attempt))
+            self.history.add(fault.results(batch), attempt)
             log.warning(
                 "%s: %s; retrying (attempt %d)", batch.describe(), fault.message, attempt + 1
             )

@@ -241,6 +241,11 @@ class _Flight:
     pid: int | None = None
     host: str | None = None
 
+    def fault(self, kind: str, message: str) -> Fault:
+        """A fault of this attempt, stamped with when (epoch) and where it began."""
+        began = time.time() - (time.monotonic() - self.started) if self.started else 0.0
+        return Fault(kind, message, began, self.host or "", self.pid or 0)
+
     def culprit(self, each_task: bool) -> str | None:
         """The task to blame for a fault of this attempt, when the batch announces each
         task (else the whole batch is)."""
@@ -515,7 +520,7 @@ class _Loop:
             batch_id = flight.batch.batch_id
             fault = culprit = None
             if flight.started is not None:
-                fault = Fault("crashed", self.crash_message(address, flight))
+                fault = flight.fault("crashed", self.crash_message(address, flight))
                 culprit = flight.culprit(self.remote.announces_each_task(flight.batch))
             else:
                 self.free_losses[batch_id] += 1
@@ -569,7 +574,7 @@ class _Loop:
         culprit = flight.culprit(self.remote.announces_each_task(flight.batch))
         for other in reversed(held):
             if other is flight:
-                fault = Fault("timeout", message)
+                fault = flight.fault("timeout", message)
                 self.deliver(self.schedule.release(other.batch.batch_id, fault, culprit))
             else:
                 self.deliver(self.schedule.release(other.batch.batch_id))

@@ -30,6 +30,7 @@ import logging
 import multiprocessing
 import multiprocessing.pool
 import queue
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -115,6 +116,7 @@ class _Watch:
         # Every worker exists once Pool() returns; a pid that disappears later has died.
         self.known: dict[int, Any] = {p.pid: p for p in _pool_processes(pool) if p.pid}
         self.next_check = 0.0
+        self.host = socket.gethostname()  # the workers' (as they stamp their results)
 
     def inspect(self) -> PoolFault | None:
         now = time.monotonic()
@@ -133,7 +135,9 @@ class _Watch:
             del self.known[pid]
             announced = worker.read_announcement(self.parts_dir, pid)
             message = f"the worker process (pid {pid}) {describe_exit(process.exitcode)}"
-            return PoolFault(announced[0] if announced else None, Fault("crashed", message))
+            if not announced:
+                return PoolFault(None, Fault("crashed", message))
+            return PoolFault(announced[0], Fault("crashed", message, announced[1], self.host, pid))
         if self.timeout is not None:
             wall = time.time()
             for pid, process in self.known.items():
@@ -147,6 +151,9 @@ class _Watch:
                             "timeout",
                             f"task ran longer than the timeout ({self.timeout:g}s); "
                             f"its worker (pid {pid}) was killed",
+                            announced[1],
+                            self.host,
+                            pid,
                         ),
                     )
         return None

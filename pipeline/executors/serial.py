@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from pipeline import worker
 from pipeline.executors.base import (
+    AttemptLog,
     Background,
     ExecutorOptions,
     OnOutcome,
@@ -49,6 +50,7 @@ class SerialExecutor:
         background: Background | None = None,  # nothing to wait for: batches plan as pulled
     ) -> None:
         retries: deque[tuple[Batch, int]] = deque()
+        history = AttemptLog()
         while not should_stop():
             if retries:
                 batch, attempt = retries.popleft()
@@ -57,7 +59,9 @@ class SerialExecutor:
             else:
                 return
             results = worker.execute(self.options.job, batch).results  # as a worker sends them
-            outcome, retry = settle(batch, results, attempt, self.options.retries, should_stop())
+            outcome, retry = settle(
+                batch, results, attempt, self.options.retries, should_stop(), history
+            )
             if outcome is not None:
                 on_outcome(outcome)
             if retry is not None:

@@ -33,6 +33,7 @@ from pipeline.models import TaskResult, TaskSpec
 from pipeline.store import packing
 
 LEDGER_NAME = "ledger.sqlite"
+KEEP_ATTEMPT_RUNS = 20
 SCHEMA_VERSION = 3  # 1: tasks keyed by task_id; 2: no batch rows
 
 _SCHEMA = """
@@ -93,6 +94,19 @@ CREATE TABLE IF NOT EXISTS batches (
     worker      TEXT
 );
 CREATE INDEX IF NOT EXISTS batches_by_first_path ON batches (first_path);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id      INTEGER NOT NULL,
+    path        BLOB NOT NULL,
+    offset      INTEGER NOT NULL,
+    length      INTEGER,
+    attempt     INTEGER NOT NULL,
+    started     REAL,
+    duration_s  REAL,
+    worker      TEXT,
+    error_kind  TEXT,
+    error       TEXT,
+    PRIMARY KEY (run_id, path, offset, attempt)
+);
 CREATE TABLE IF NOT EXISTS streams (
     seq         INTEGER PRIMARY KEY,
     label       BLOB NOT NULL UNIQUE,
@@ -117,7 +131,9 @@ CREATE TABLE IF NOT EXISTS seen (
 # much of it (decompressed) is that stream's, up to what was planned (NULL: all of it), and
 # whether it was rotated away (renamed from where the log is written, or a copy).
 # ``started`` and ``worker`` (host:pid): when and where a task last ran (a batch row: its
-# first task's start and its last one's end), for the report's timeline.
+# first task's start and its last one's end), for the report's timeline. ``attempts``
+# holds the attempts that failed and went round again (a task's row is its last attempt),
+# kept for the last ``KEEP_ATTEMPT_RUNS`` runs.
 # Keyed by (path, offset), the order in which tasks are planned, batched and committed:
 # a batch's rows go into neighbouring pages (keyed by the task id, a hash, every row
 # landed on a random page of a second index: 4x slower at 200,000 files).
@@ -172,6 +188,30 @@ class TaskRow:
             self.compression,
             reason,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """One bar of a run's timeline: a task's last attempt, a batch row (``tasks`` > 1 files
+    packed together: ``path`` is its first), or an attempt that failed and went round
+    again (``retried``; ``attempts`` is then its attempt number)."""
+
+    path: str
+    offset: int
+    length: int | None
+    tasks: int
+    status: str  # done | failed
+    attempts: int
+    retried: bool
+    started: float
+    ended: float
+    worker: str | None
+    records_in: int | None
+    records_out: int | None
+    malformed: int | None
+    bytes_read: int | None
+    error_kind: str | None
+    error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,9 +418,13 @@ class Ledger:
                 "INSERT INTO runs (started, status, name, result_key) VALUES (?, 'running', ?, ?)",
                 (time.time(), name, result_key),
             )
+            run_id = int(cur.lastrowid or 0)
+            self._db.execute(
+                "DELETE FROM attempts WHERE run_id <= ?", (run_id - KEEP_ATTEMPT_RUNS,)
+            )
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
-        return int(cur.lastrowid or 0)
+        return run_id
 
     def finish_run(self, run_id: int, status: str, exit_code: int, report: dict) -> None:
         self._write(
@@ -490,6 +534,76 @@ class Ledger:
             "ORDER BY seq IS NULL, seq, path, offset"
         )
         return (_row(values) for values in self._db.execute(query, (result_key,)))
+
+    def run_activity(self, run_id: int) -> Iterator[Activity]:
+        """What run ``run_id`` ran, for the report's timeline: its committed task rows, its
+        batch rows and the failed attempts that went round again, each with when and where
+        it ran (rows without a start, from a ledger before timing was kept, are left out)."""
+        columns = _present(self._db, "tasks", _ACTIVITY_TASK_COLUMNS)
+        for values in self._db.execute(
+            f"SELECT {columns} FROM tasks WHERE run_id = ? AND status IN ('done', 'failed') "
+            "AND started IS NOT NULL ORDER BY started",
+            (run_id,),
+        ):
+            path, offset, length, status, attempts, started, duration, *rest = values
+            yield Activity(
+                os.fsdecode(path),
+                offset,
+                length,
+                1,
+                status,
+                attempts,
+                False,
+                started,
+                started + (duration or 0.0),
+                *rest,
+            )
+        columns = _present(self._db, "batches", _ACTIVITY_BATCH_COLUMNS)
+        for values in self._db.execute(
+            f"SELECT {columns} FROM batches WHERE run_id = ? AND started IS NOT NULL "
+            "ORDER BY started",
+            (run_id,),
+        ):
+            path, files, attempts, started, ended, *rest = values
+            yield Activity(
+                os.fsdecode(path),
+                0,
+                None,
+                files,
+                "done",
+                attempts,
+                False,
+                started,
+                ended or started,
+                *rest,
+                None,
+                None,
+            )
+        query = (
+            "SELECT path, offset, length, attempt, started, duration_s, worker, error_kind, error "
+            f"FROM attempts WHERE run_id = {int(run_id)} AND started IS NOT NULL "
+            "ORDER BY started"
+        )
+        for path, offset, length, attempt, started, duration, *rest in self._rows_of(query):
+            worker, kind, error = rest
+            yield Activity(
+                os.fsdecode(path),
+                offset,
+                length,
+                1,
+                "failed",
+                attempt,
+                True,
+                started,
+                started + (duration or 0.0),
+                worker,
+                0,
+                0,
+                0,
+                0,
+                kind,
+                error,
+            )
 
     def streams(self) -> list[StreamRow]:
         """A growing log's streams, in the order they were first seen."""
@@ -632,9 +746,11 @@ class Ledger:
         attempts: int,
         run_id: int,
         result_key: str,
+        earlier: Sequence[tuple[int, TaskResult]] = (),
     ) -> None:
         """Record finished tasks (done or failed) — one batch, one transaction. ``tasks``
-        describe them by id (at least every task in ``results``).
+        describe them by id (at least every task in ``results``); ``earlier`` are their
+        failed attempts that went round again (attempt number, result).
 
         The done whole files a worker packed (``TaskResult.packed``) become one batch row.
         The rest (failures, ranges of split files, a batch of one) are rows of ``tasks``:
@@ -693,9 +809,36 @@ class Ledger:
                 )
             if rows:
                 db.executemany(_UPSERT, rows)
+            if earlier:
+                db.executemany(
+                    "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            run_id,
+                            os.fsencode(tasks[r.task_id].path),
+                            tasks[r.task_id].offset,
+                            tasks[r.task_id].length,
+                            attempt,
+                            r.started or None,
+                            r.duration_s if r.started else None,
+                            _worker(r),
+                            r.error_kind,
+                            _text(r.error),
+                        )
+                        for attempt, r in earlier
+                    ],
+                )
 
 
 _BATCH_COLUMNS = "result_key, attempts, part, members, batch_id, started, worker"
+_ACTIVITY_TASK_COLUMNS = (
+    "path, offset, length, status, attempts, started, duration_s, worker, records_in, "
+    "records_out, malformed, bytes_read, error_kind, error"
+)
+_ACTIVITY_BATCH_COLUMNS = (
+    "first_path, files, attempts, started, ended, worker, records_in, records_out, malformed, "
+    "bytes_read"
+)
 
 
 def _worker(result: TaskResult) -> str | None:
