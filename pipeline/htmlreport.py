@@ -307,9 +307,12 @@ def chart_data(view: RunView) -> dict[str, Any]:
     timeline = throughput = None
     if bars and view.throughput is not None:
         tp = view.throughput
-        span = max(max(b.end for b in bars), tp.width * len(tp.times)) * 1.01 or 1.0
+        # Dask workers' clocks may run behind the scheduler's: a bar may start before 0.
+        first = min(0.0, min(b.start for b in bars))
+        last = max(max(b.end for b in bars), tp.width * len(tp.times))
         timeline = {
-            "span": span,
+            "start": first,
+            "end": last + (last - first) * 0.01 or 1.0,
             "workers": view.workers,
             "bars": {
                 "worker": [b.worker for b in bars],

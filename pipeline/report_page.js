@@ -35,10 +35,10 @@
 
   const tl = data.timeline;
   if (tl !== null) {
-    const x = new Bokeh.Range1d({start: 0, end: tl.span, bounds: [0, tl.span]});
+    const x = new Bokeh.Range1d({start: tl.start, end: tl.end, bounds: [tl.start, tl.end]});
 
     const tp = data.throughput;
-    const tpFig = figure("throughput", 240, {x_range: x, y_axis_label: "records/s"});
+    const tpFig = figure("throughput", 280, {x_range: x, y_axis_label: "records/s"});
     const tpSource = new Bokeh.ColumnDataSource({data: tp});
     const mbRange = new Bokeh.DataRange1d({start: 0});
     tpFig.extra_y_ranges = {mb: mbRange};
@@ -61,11 +61,14 @@
     tpFig.add_tools(hover(recordsLine, [
       ["seconds", "@t{0.00}"], ["records/s", "@records{0,0}"], ["MB/s", "@mb{0,0.0}"],
     ], "vline"));
-    tpFig.legend.location = "top_left";
+    const tpLegend = tpFig.legend;
+    tpLegend.orientation = "horizontal";
+    tpFig.center = tpFig.center.filter(function (item) { return item !== tpLegend; });
+    tpFig.add_layout(tpLegend, "above");
     place(tpFig, "chart-throughput");
 
     const bars = new Bokeh.ColumnDataSource({data: tl.bars});
-    const tlFig = figure("timeline", 70 + 30 * tl.workers.length, {
+    const tlFig = figure("timeline", 130 + 30 * tl.workers.length, {
       x_range: x,
       y_range: new Bokeh.FactorRange({factors: tl.workers.slice().reverse()}),
       x_axis_label: "seconds since the run started",

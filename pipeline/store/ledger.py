@@ -539,71 +539,42 @@ class Ledger:
         """What run ``run_id`` ran, for the report's timeline: its committed task rows, its
         batch rows and the failed attempts that went round again, each with when and where
         it ran (rows without a start, from a ledger before timing was kept, are left out)."""
-        columns = _present(self._db, "tasks", _ACTIVITY_TASK_COLUMNS)
-        for values in self._db.execute(
-            f"SELECT {columns} FROM tasks WHERE run_id = ? AND status IN ('done', 'failed') "
+        where = "status IN ('done', 'failed')"
+        for values in self._timed("tasks", _ACTIVITY_TASK_COLUMNS, where, run_id):
+            path, offset, length, status, attempts, started, duration, *rest = values
+            end = started + (duration or 0.0)
+            yield Activity(
+                os.fsdecode(path), offset, length, 1, status, attempts, False, started, end, *rest
+            )
+        for values in self._timed("batches", _ACTIVITY_BATCH_COLUMNS, "1", run_id):
+            path, files, attempts, started, ended, *rest = values
+            end = ended or started
+            yield Activity(
+                os.fsdecode(path), 0, None, files, "done", attempts, False, started, end, *rest,
+                None, None,
+            )  # fmt: skip
+        for values in self._timed("attempts", _ACTIVITY_ATTEMPT_COLUMNS, "1", run_id):
+            path, offset, length, attempt, started, duration, worker, kind, error = values
+            end = started + (duration or 0.0)
+            yield Activity(
+                os.fsdecode(path), offset, length, 1, "failed", attempt, True, started, end,
+                worker, 0, 0, 0, 0, kind, error,
+            )  # fmt: skip
+
+    def _timed(
+        self, table: str, columns: str, where: str, run_id: int
+    ) -> Iterable[tuple[Any, ...]]:
+        """``columns`` of the rows of ``table`` that run ``run_id`` wrote with a start, by
+        start; none when the table or its ``started`` column is missing (a ledger from
+        before timings were kept, opened read-only)."""
+        present = _present(self._db, table, columns)
+        if ", started," not in present:
+            return ()
+        return self._db.execute(
+            f"SELECT {present} FROM {table} WHERE run_id = ? AND {where} "
             "AND started IS NOT NULL ORDER BY started",
             (run_id,),
-        ):
-            path, offset, length, status, attempts, started, duration, *rest = values
-            yield Activity(
-                os.fsdecode(path),
-                offset,
-                length,
-                1,
-                status,
-                attempts,
-                False,
-                started,
-                started + (duration or 0.0),
-                *rest,
-            )
-        columns = _present(self._db, "batches", _ACTIVITY_BATCH_COLUMNS)
-        for values in self._db.execute(
-            f"SELECT {columns} FROM batches WHERE run_id = ? AND started IS NOT NULL "
-            "ORDER BY started",
-            (run_id,),
-        ):
-            path, files, attempts, started, ended, *rest = values
-            yield Activity(
-                os.fsdecode(path),
-                0,
-                None,
-                files,
-                "done",
-                attempts,
-                False,
-                started,
-                ended or started,
-                *rest,
-                None,
-                None,
-            )
-        query = (
-            "SELECT path, offset, length, attempt, started, duration_s, worker, error_kind, error "
-            f"FROM attempts WHERE run_id = {int(run_id)} AND started IS NOT NULL "
-            "ORDER BY started"
         )
-        for path, offset, length, attempt, started, duration, *rest in self._rows_of(query):
-            worker, kind, error = rest
-            yield Activity(
-                os.fsdecode(path),
-                offset,
-                length,
-                1,
-                "failed",
-                attempt,
-                True,
-                started,
-                started + (duration or 0.0),
-                worker,
-                0,
-                0,
-                0,
-                0,
-                kind,
-                error,
-            )
 
     def streams(self) -> list[StreamRow]:
         """A growing log's streams, in the order they were first seen."""
@@ -834,6 +805,9 @@ _BATCH_COLUMNS = "result_key, attempts, part, members, batch_id, started, worker
 _ACTIVITY_TASK_COLUMNS = (
     "path, offset, length, status, attempts, started, duration_s, worker, records_in, "
     "records_out, malformed, bytes_read, error_kind, error"
+)
+_ACTIVITY_ATTEMPT_COLUMNS = (
+    "path, offset, length, attempt, started, duration_s, worker, error_kind, error"
 )
 _ACTIVITY_BATCH_COLUMNS = (
     "first_path, files, attempts, started, ended, worker, records_in, records_out, malformed, "
