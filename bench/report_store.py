@@ -95,9 +95,7 @@ def build(out: Path, n_tasks: int, seed: int = 2026) -> None:
     (out / "stats.json").write_text(json.dumps({"n": n_tasks, "by": {"a": 3, "b": 1}}))
     # A name for ``pipeline report CONFIG``: the config only has to point at the store.
     config = out.parent / f"{out.name}.yaml"
-    config.write_text(
-        json.dumps({"input": {"paths": ["none/*.log"]}, "output": {"dir": str(out)}})
-    )
+    config.write_text(json.dumps({"input": {"paths": ["none/*.log"]}, "output": {"dir": str(out)}}))
 
 
 if __name__ == "__main__":

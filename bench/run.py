@@ -912,6 +912,78 @@ def fixed_costs(
     return lines
 
 
+def _without_report(impl: Impl) -> Impl:
+    """The same run with ``output.report_html: false``."""
+    return dataclasses.replace(
+        impl,
+        name=f"{impl.name}, no report.html",
+        argv=lambda run_dir: [*impl.argv(run_dir), "--set", "output.report_html=false"],
+    )
+
+
+def report_costs(files_c: int, seed: int, workers: int, repeat: int, timeout: float) -> list[str]:
+    """What report.html costs: whole runs with and without it, alternating (job C with one
+    file: the fixed cost; with every file: 80 batch rows), and ``report --html`` over
+    synthetic stores of 10,000 and 100,000 task rows against the text ``report``, which
+    starts the same process and opens the same ledger."""
+    one = prepare("C", {"files": 1}, seed)
+    many = prepare("C", {"files": files_c}, seed)
+    impls = []
+    for data in (one, many):
+        on = pipeline_impl("C", data.folder, "process", workers, "async")
+        on.name = f"job C, {len(data.files):,} file(s): {on.name}"
+        impls += [on, _without_report(on)]
+    stores = Path(tempfile.mkdtemp(prefix="report-", dir=RUNS))
+    sizes = (10_000, 100_000)
+    for n in sizes:
+        subprocess.run(
+            [PY, str(BENCH / "report_store.py"), str(stores / f"s{n}"), str(n)],
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(BENCH.parent)},
+        )
+        config = str(stores / f"s{n}.yaml")
+        page = stores / f"s{n}.html"
+        cli = [PY, str(BENCH / "pipeline_main.py"), "report", config]
+        impls += [
+            Impl(f"report --html, {n:,} tasks", "pipeline", 1,
+                 lambda _d, cli=cli, page=page: [*cli, "--html", str(page)], None),
+            Impl(f"report (text), {n:,} tasks", "pipeline", 1, lambda _d, cli=cli: cli, None),
+        ]  # fmt: skip
+    walls: dict[str, list[float]] = {i.name: [] for i in impls}
+    for r in range(repeat):
+        k = r % len(impls)
+        for impl in impls[k:] + impls[:k]:
+            sample = measure(impl, timeout)
+            if sample.error:
+                return [f"report costs: {impl.name} failed: {sample.error}"]
+            walls[impl.name].append(sample.wall)
+    wall = {name: statistics.median(v) for name, v in walls.items()}
+    lines = [
+        f"Median of {repeat}, alternating; pipeline process w{workers} async.",
+        "",
+        "| what | wall s |",
+        "|---|--:|",
+        *(f"| {name} | {wall[name]:.3f} |" for name in wall),
+        "",
+    ]
+    for i in range(0, 4, 2):
+        with_page, without = impls[i].name, impls[i + 1].name
+        lines.append(
+            f"- {with_page}: report.html costs {wall[with_page] - wall[without]:+.3f} s "
+            f"({wall[with_page] / wall[without]:.2f}× the run without it)."
+        )
+    for n in sizes:
+        page = stores / f"s{n}.html"
+        extra = wall[f"report --html, {n:,} tasks"] - wall[f"report (text), {n:,} tasks"]
+        lines.append(
+            f"- {n:,} tasks (1% retried once): the page takes {extra:.3f} s over the text "
+            f"report; {page.stat().st_size / 1e6:.2f} MB."
+        )
+        print(f"  report.html of {n:,} tasks: +{extra:.3f}s", flush=True)
+    shutil.rmtree(stores, ignore_errors=True)
+    return lines
+
+
 def memory_check(
     cases: list[tuple[str, dict[str, int]]], seed: int, workers: int, timeout: float
 ) -> list[str]:
@@ -1118,6 +1190,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_false",
         help="skip the growing-log check (a log of --size-growing, 1 MiB appended)",
     )
+    parser.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="skip the report.html costs (whole runs with and without it; synthetic stores)",
+    )
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument(
         "--only",
@@ -1278,6 +1356,14 @@ def main(argv: list[str] | None = None) -> int:
             f"pipeline process w{args.workers} async, one run each.",
             "",
             *growing_log(args.size_growing, args.seed, args.workers, args.timeout),
+            "",
+        ]
+    if args.report:
+        print("\n== report.html", flush=True)
+        extras += [
+            "## The run report (report.html)",
+            "",
+            *report_costs(args.files_c, args.seed, args.workers, max(5, args.repeat), args.timeout),
             "",
         ]
     print("\n== memory", flush=True)

@@ -119,7 +119,8 @@ class WorkerActivity:
 
 @dataclass(frozen=True)
 class Fault:
-    """Why a batch's attempt ended without results (``kind``: crashed | timeout), and
+    """Why a batch's attempt ended without results (``kind``: crashed | timeout, or
+    abandoned: stopped with its worker pool for another batch's fault, not charged), and
     when and where that attempt began (epoch seconds, the worker's host and pid; 0 and ""
     when it is not known)."""
 
@@ -280,13 +281,19 @@ class Schedule:
             return outcome
 
     def release(
-        self, batch_id: str, fault: Fault | None = None, culprit: str | None = None
+        self,
+        batch_id: str,
+        fault: Fault | None = None,
+        culprit: str | None = None,
+        lost: Fault | None = None,
     ) -> Outcome | None:
         """A batch in flight will never report (its worker is gone): it goes round again,
         first in line. With a ``fault`` it is to blame: charged one attempt, or failed
         with the fault once its retries are spent — only its task ``culprit`` when that
-        is known, the others going round again at their attempt. While stopping it just
-        stays pending (the ledger has no row for it: the next run resumes it)."""
+        is known, the others going round again at their attempt. Without one, ``lost``
+        says when and where it had started (kind ``abandoned``): the attempt is kept for
+        the report, uncharged. While stopping it just stays pending (the ledger has no row
+        for it: the next run resumes it)."""
         with self._changed:
             entry = self.in_flight.pop(batch_id, None)
             self._changed.notify_all()
@@ -294,6 +301,8 @@ class Schedule:
                 return None
             batch, attempt = entry
             if fault is None:
+                if lost is not None:
+                    self.history.add(lost.results(batch), attempt)
                 self._retry.appendleft((batch, attempt))
                 return None
             if culprit is not None and len(batch.tasks) > 1:

@@ -469,7 +469,8 @@ class _Loop:
         else:  # lost (its worker died before the result was fetched), or cancelled
             if status == "cancelled" and not self.cluster.healthy():
                 self.check()  # raises: the scheduler is gone
-            self.deliver(self.schedule.release(batch.batch_id))  # not to blame: free
+            lost = flight.fault("abandoned", "its result was lost") if flight.started else None
+            self.deliver(self.schedule.release(batch.batch_id, lost=lost))  # not to blame
 
     def results_of(self, batch: Batch, value: Any) -> list[TaskResult]:
         """The batch's results from what its task returned, once its part file is written."""
@@ -577,7 +578,8 @@ class _Loop:
                 fault = flight.fault("timeout", message)
                 self.deliver(self.schedule.release(other.batch.batch_id, fault, culprit))
             else:
-                self.deliver(self.schedule.release(other.batch.batch_id))
+                lost = other.fault("abandoned", message) if other.started else None
+                self.deliver(self.schedule.release(other.batch.batch_id, lost=lost))
 
     def begin_stop(self) -> None:
         self.observe()

@@ -118,6 +118,15 @@ class _Watch:
         self.next_check = 0.0
         self.host = socket.gethostname()  # the workers' (as they stamp their results)
 
+    def running(self) -> dict[str, tuple[float, int]]:
+        """The batches the live workers have announced: batch id -> (since, pid)."""
+        found = {}
+        for pid, process in self.known.items():
+            announced = worker.read_announcement(self.parts_dir, pid)
+            if announced is not None and process.exitcode is None:
+                found[announced[0]] = (announced[1], pid)
+        return found
+
     def inspect(self) -> PoolFault | None:
         now = time.monotonic()
         if now < self.next_check:
@@ -264,12 +273,18 @@ class ProcessExecutor:
                 else:
                     close_pool(pool)
                 return
+            running = watch.running()  # before the pool goes: what each worker was on
             abandon_pool(pool)
             # Everything in flight goes round again, in its order; the blamed batch is
-            # charged an attempt (or fails once its retries are spent).
+            # charged an attempt (or fails once its retries are spent), the others that
+            # had started are kept as abandoned attempts.
             for batch_id in reversed(list(schedule.in_flight)):
                 blame = fault.fault if batch_id == fault.batch_id else None
-                outcome = schedule.release(batch_id, blame)
+                lost = running.get(batch_id)
+                if lost is not None:
+                    lost = Fault("abandoned", f"stopped with its pool ({fault.fault.message})",
+                                 lost[0], watch.host, lost[1])  # fmt: skip
+                outcome = schedule.release(batch_id, blame, lost=lost)
                 if outcome is not None:
                     on_outcome(outcome)
             if schedule.stopping:

@@ -104,9 +104,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     duration_s  REAL,
     worker      TEXT,
     error_kind  TEXT,
-    error       TEXT,
-    PRIMARY KEY (run_id, path, offset, attempt)
+    error       TEXT
 );
+CREATE INDEX IF NOT EXISTS attempts_by_run ON attempts (run_id);
 CREATE TABLE IF NOT EXISTS streams (
     seq         INTEGER PRIMARY KEY,
     label       BLOB NOT NULL UNIQUE,
@@ -133,7 +133,8 @@ CREATE TABLE IF NOT EXISTS seen (
 # ``started`` and ``worker`` (host:pid): when and where a task last ran (a batch row: its
 # first task's start and its last one's end), for the report's timeline. ``attempts``
 # holds the attempts that failed and went round again (a task's row is its last attempt),
-# kept for the last ``KEEP_ATTEMPT_RUNS`` runs.
+# and those abandoned uncharged with their worker pool, kept for the last
+# ``KEEP_ATTEMPT_RUNS`` runs.
 # Keyed by (path, offset), the order in which tasks are planned, batched and committed:
 # a batch's rows go into neighbouring pages (keyed by the task id, a hash, every row
 # landed on a random page of a second index: 4x slower at 200,000 files).
@@ -782,7 +783,7 @@ class Ledger:
                 db.executemany(_UPSERT, rows)
             if earlier:
                 db.executemany(
-                    "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
                             run_id,

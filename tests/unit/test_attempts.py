@@ -63,6 +63,20 @@ def test_a_released_batch_keeps_its_faults_until_its_last_attempt() -> None:
     assert [(n, r.error_kind, r.pid) for n, r in outcome.earlier] == [(1, "crashed", 10)]
 
 
+def test_an_abandoned_attempt_is_kept_but_not_charged() -> None:
+    """A batch stopped with its pool for another batch's fault goes round at the same
+    attempt; when it had started, the attempt comes back with its final outcome."""
+    batch = Batch.of((spec(0),))
+    schedule = Schedule(iter([batch]), window=2, retries=0)
+    schedule.take()
+    lost = Fault("abandoned", "stopped with its pool", started=1.0, host="h", pid=10)
+    assert schedule.release(batch.batch_id, lost=lost) is None
+    assert schedule.take() == (batch, 1)  # not charged: retries=0 still allows it
+    outcome = schedule.retire(batch.batch_id, [done(spec(0))])
+    assert outcome is not None and outcome.attempts == 1
+    assert [(n, r.error_kind, r.pid) for n, r in outcome.earlier] == [(1, "abandoned", 10)]
+
+
 def test_the_ledger_keeps_earlier_attempts_beside_the_final_row(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path)
     run = ledger.start_run("job", "k")
