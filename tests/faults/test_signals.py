@@ -404,6 +404,9 @@ def assert_interrupted(out: Path, code: int, baseline: Baseline) -> dict[str, An
         "records.jsonl holds records that are not the baseline's, or out of order"
     )
     assert sum(stats["by_file"].values()) == stats["n"]
+    page = (out / "report.html").read_text(encoding="utf-8")  # the page too, even now
+    assert "<b>interrupted</b><span>status</span>" in page
+    assert f"<b>{code}</b><span>exit code</span>" in page
     return report
 
 

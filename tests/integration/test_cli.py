@@ -142,7 +142,11 @@ def test_validate_prints_resolved_config_and_writes_nothing(tmp_path: Path, job:
     assert resolved["name"] == "clitest"
     assert resolved["input"]["paths"] == [str(tmp_path / "data" / "*.log")]
     assert resolved["input"]["chunk_size"] == 2048
-    assert resolved["output"] == {"dir": str(tmp_path / "out"), "records": "jsonl"}
+    assert resolved["output"] == {
+        "dir": str(tmp_path / "out"),
+        "records": "jsonl",
+        "report_html": True,
+    }
     assert resolved["execution"]["workers"] == 2
     assert resolved["steps"][0]["regex"]["pattern"] == LINE_RE
     assert resolved["stats"]["requests"] == {"count": True}
