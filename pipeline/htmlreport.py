@@ -228,15 +228,15 @@ def _timeline_caption(view: RunView) -> str:
     if not view.bars:
         return "<p>No timings for this run.</p>"
     text = (
-        f"{len(view.workers)} worker process(es), one row each; {view.tasks_drawn} task(s) in "
-        f"{len(view.bars)} bar(s); "
+        f"{len(view.workers):,} worker process(es), one row each; {view.tasks_drawn:,} task(s) "
+        f"in {len(view.bars):,} bar(s); "
         "colour: outcome; hatched: an attempt that failed, or was abandoned (grey) when its "
         "worker pool restarted for another task, and ran again; "
         "hover a bar for its path, range, attempts, records and duration"
     )
     if view.merged:
         text += (
-            f". {view.merged} successful tasks are drawn merged, consecutive ones of a "
+            f". {view.merged:,} successful tasks are drawn merged, consecutive ones of a "
             "worker per bar, to keep the page small"
         )
     return f"<p>{_e(text)}.</p>"

@@ -42,12 +42,13 @@
     const tpSource = new Bokeh.ColumnDataSource({data: tp});
     const mbRange = new Bokeh.DataRange1d({start: 0});
     tpFig.extra_y_ranges = {mb: mbRange};
+    // Before the MB/s axis exists: ``yaxis`` is every y axis of the figure.
+    tpFig.yaxis.formatter = new Bokeh.NumeralTickFormatter({format: "0,0"});
     tpFig.add_layout(new Bokeh.LinearAxis({
       y_range_name: "mb",
       axis_label: "MB/s",
-      formatter: new Bokeh.NumeralTickFormatter({format: "0,0.0"}),
+      formatter: new Bokeh.BasicTickFormatter(),
     }), "right");
-    tpFig.yaxis.formatter = new Bokeh.NumeralTickFormatter({format: "0,0"});
     const recordsLine = tpFig.step({
       x: {field: "t"}, y: {field: "records"}, source: tpSource, mode: "after",
       line_width: 2, color: colours.done, legend_label: "records/s", name: "throughput-records",
@@ -118,13 +119,17 @@
     });
     fig.add_tools(hover(r, [["key", "@key"], ["count", "@n{0,0}"]]));
     fig.x_range = new Bokeh.DataRange1d({start: 0});
+    fig.xaxis.formatter = new Bokeh.NumeralTickFormatter({format: "0,0"});
     fig.ygrid.grid_line_color = null;
     place(fig, "chart-stat-" + i);
   });
 
   const hi = data.history;
   const historySource = new Bokeh.ColumnDataSource({data: hi});
-  [["history-duration", "duration", "seconds"], ["history-records", "records", "records read"]]
+  [
+    ["history-duration", "duration", "seconds", "0,0.[00]"],
+    ["history-records", "records", "records read", "0,0"],
+  ]
     .forEach(function (chart) {
       const fig = figure(chart[0], 240, {
         x_range: new Bokeh.FactorRange({factors: hi.run}),
@@ -139,6 +144,7 @@
         ["run", "@run"], ["status", "@status"], [chart[2], "@" + chart[1] + "{0,0.00}"],
       ]));
       fig.y_range = new Bokeh.DataRange1d({start: 0});
+      fig.yaxis.formatter = new Bokeh.NumeralTickFormatter({format: chart[3]});
       if (hi.run.length > 20) {
         fig.xaxis.major_label_orientation = 0.8;
       }

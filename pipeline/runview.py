@@ -22,8 +22,8 @@ from pipeline.store.ledger import Activity, Ledger
 from pipeline.store.lock import lock_holder
 from pipeline.storeview import run_status
 
-# The timeline draws at most this many bars: beyond it, consecutive successful tasks of a
-# worker are merged into one bar (failures and retried attempts are always their own).
+# The timeline draws at most this many bars (unless failures and retried attempts alone
+# are more): beyond it, consecutive successful tasks of a worker are merged into one bar.
 MAX_BARS = 4000
 THROUGHPUT_BINS = 120  # at most; a run of few tasks gets about one bin a task
 HISTOGRAM_BINS = 30
@@ -141,15 +141,17 @@ def to_bar(activity: Activity, t0: float) -> Bar:
 def timeline(bars: Sequence[Bar], max_bars: int = MAX_BARS) -> tuple[list[Bar], int]:
     """The bars to draw, and how many tasks went into merged ones. Failures and retried
     attempts are kept; successful bars of a worker are merged, in start order, in runs of
-    ``g`` so that at most ``max_bars`` remain (when the failures alone leave room)."""
+    ``g`` so that at most ``max_bars`` remain (when the failures alone leave room): each
+    worker's last run may be short, so the room is shared out less one bar a worker."""
     if len(bars) <= max_bars:
         return sorted(bars, key=lambda b: (worker_order(b.worker), b.start)), 0
     kept = [b for b in bars if b.outcome != "done" or b.retried]
-    done = [b for b in bars if b.outcome == "done" and not b.retried]
-    group = math.ceil(len(done) / max(1, max_bars - len(kept)))
     by_worker: dict[str, list[Bar]] = {}
-    for bar in done:
-        by_worker.setdefault(bar.worker, []).append(bar)
+    for bar in bars:
+        if bar.outcome == "done" and not bar.retried:
+            by_worker.setdefault(bar.worker, []).append(bar)
+    done = len(bars) - len(kept)
+    group = math.ceil(done / max(1, max_bars - len(kept) - len(by_worker)))
     merged_tasks = 0
     out = list(kept)
     for worker_bars in by_worker.values():
@@ -231,12 +233,15 @@ def slowest(bars: Iterable[Bar], n: int = SLOWEST_SHOWN) -> list[Bar]:
 def history_entry(entry: dict[str, Any], status: str) -> HistoryEntry:
     rep = entry["report"] or {}
     finished = entry["finished"]
+    duration = rep.get("run", {}).get("duration_s")  # as the summary shows it
+    if duration is None and finished is not None:
+        duration = finished - entry["started"]
     return HistoryEntry(
         entry["run_id"],
         entry["started"],
         status,
         entry["exit_code"],
-        None if finished is None else finished - entry["started"],
+        duration,
         rep.get("run", {}).get("records"),
     )
 
