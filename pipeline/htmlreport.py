@@ -13,7 +13,6 @@ milliseconds to write.
 from __future__ import annotations
 
 import html
-import importlib.metadata
 import importlib.util
 import json
 import time
@@ -102,7 +101,6 @@ def _page(view: RunView) -> list[bytes]:
     data = chart_data(view)
     rep = view.report
     title = f"{rep.get('name', 'pipeline')} — run #{rep.get('run_id', '?')}"
-    version = importlib.metadata.version("bokeh")
     body = [
         f"<h1>{_e(title)}</h1>",
         f"<p class='sub'>{_e(rep.get('config', ''))} · started {_e(rep.get('started', ''))}"
@@ -136,7 +134,7 @@ def _page(view: RunView) -> list[bytes]:
         "<div id='chart-history-records'></div></div>",
         _history_table(view),
         "</section>",
-        f"<p class='sub'>pipeline · charts by Bokeh {_e(version)}</p>",
+        "<p class='sub'>pipeline · charts drawn by Bokeh</p>",
     ]
     scripts = [
         part

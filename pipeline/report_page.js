@@ -104,6 +104,8 @@
     });
     fig.add_tools(hover(r, [["seconds", "@left{0.000}–@right{0.000}"], ["tasks", "@count"]]));
     fig.y_range = new Bokeh.DataRange1d({start: 0});
+    fig.yaxis.ticker = new Bokeh.BasicTicker({min_interval: 1});  // counts: no half tasks
+    fig.yaxis.formatter = new Bokeh.NumeralTickFormatter({format: "0,0"});
     place(fig, "chart-durations");
   }
 

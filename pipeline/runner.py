@@ -681,7 +681,7 @@ class Run:
             return None
         path = self.out_dir / htmlreport.REPORT_HTML_NAME
         try:
-            htmlreport.write(runview.load(self.out_dir, ledger), path)
+            htmlreport.write(runview.load(self.out_dir, ledger, run_holds_lock=True), path)
         except Exception as exc:  # the run is over: its report page must not undo it
             log.warning("report.html not written: %s: %s", type(exc).__name__, exc)
             log.debug("report.html", exc_info=True)
