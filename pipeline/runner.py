@@ -668,25 +668,31 @@ class Run:
     def _write_html_report(self, ledger: Ledger) -> Path | None:
         """``report.html`` (``output.report_html``), from the store as it now stands. The
         run's outcome is settled and recorded: a report that cannot be drawn is a warning,
-        never a different exit code."""
-        if not self.cfg.output.report_html:
-            return None
-        from pipeline import htmlreport, runview
+        never a different exit code. A page not written this time is removed, so it never
+        shows an older run than report.json does."""
+        from pipeline import htmlreport
 
-        if not htmlreport.available():
-            log.warning(
-                "report.html not written: %s; or set output.report_html: false",
-                htmlreport.INSTALL_HINT,
-            )
-            return None
         path = self.out_dir / htmlreport.REPORT_HTML_NAME
-        try:
-            htmlreport.write(runview.load(self.out_dir, ledger, run_holds_lock=True), path)
-        except Exception as exc:  # the run is over: its report page must not undo it
-            log.warning("report.html not written: %s: %s", type(exc).__name__, exc)
-            log.debug("report.html", exc_info=True)
-            return None
-        return path
+        if self.cfg.output.report_html:
+            if not htmlreport.available():
+                log.warning(
+                    "report.html not written: %s; or set output.report_html: false",
+                    htmlreport.INSTALL_HINT,
+                )
+            else:
+                from pipeline import runview
+
+                try:
+                    view = runview.load(self.out_dir, ledger, run_holds_lock=True)
+                    htmlreport.write(view, path)
+                except Exception as exc:  # the run is over: its page must not undo it
+                    log.warning("report.html not written: %s: %s", type(exc).__name__, exc)
+                    log.debug("report.html", exc_info=True)
+                else:
+                    return path
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return None
 
 
 def _estimate_s(plan: Plan) -> float:

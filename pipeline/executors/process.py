@@ -280,10 +280,11 @@ class ProcessExecutor:
             # had started are kept as abandoned attempts.
             for batch_id in reversed(list(schedule.in_flight)):
                 blame = fault.fault if batch_id == fault.batch_id else None
-                lost = running.get(batch_id)
-                if lost is not None:
-                    lost = Fault("abandoned", f"stopped with its pool ({fault.fault.message})",
-                                 lost[0], watch.host, lost[1])  # fmt: skip
+                since, pid = running.get(batch_id, (0.0, 0))
+                lost = None
+                if pid:
+                    message = f"stopped with its pool ({fault.fault.message})"
+                    lost = Fault("abandoned", message, since, watch.host, pid)
                 outcome = schedule.release(batch_id, blame, lost=lost)
                 if outcome is not None:
                     on_outcome(outcome)

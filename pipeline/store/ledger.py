@@ -194,8 +194,9 @@ class TaskRow:
 @dataclass(frozen=True, slots=True)
 class Activity:
     """One bar of a run's timeline: a task's last attempt, a batch row (``tasks`` > 1 files
-    packed together: ``path`` is its first), or an attempt that failed and went round
-    again (``retried``; ``attempts`` is then its attempt number)."""
+    packed together: ``path`` is its first), or an attempt that failed, or was abandoned
+    with its worker pool, and went round again (``retried``; ``attempts`` is then its
+    attempt number, ``error_kind`` why it ended)."""
 
     path: str
     offset: int
@@ -538,8 +539,9 @@ class Ledger:
 
     def run_activity(self, run_id: int) -> Iterator[Activity]:
         """What run ``run_id`` ran, for the report's timeline: its committed task rows, its
-        batch rows and the failed attempts that went round again, each with when and where
-        it ran (rows without a start, from a ledger before timing was kept, are left out)."""
+        batch rows and the attempts that went round again (``attempts``), each with when
+        and where it ran (rows without a start, from a ledger before timing was kept, are
+        left out)."""
         where = "status IN ('done', 'failed')"
         for values in self._timed("tasks", _ACTIVITY_TASK_COLUMNS, where, run_id):
             path, offset, length, status, attempts, started, duration, *rest = values
@@ -722,7 +724,8 @@ class Ledger:
     ) -> None:
         """Record finished tasks (done or failed) — one batch, one transaction. ``tasks``
         describe them by id (at least every task in ``results``); ``earlier`` are their
-        failed attempts that went round again (attempt number, result).
+        attempts that failed or were abandoned and went round again (attempt number,
+        result).
 
         The done whole files a worker packed (``TaskResult.packed``) become one batch row.
         The rest (failures, ranges of split files, a batch of one) are rows of ``tasks``:
