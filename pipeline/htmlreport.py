@@ -64,23 +64,25 @@ td.path{word-break:break-all}.charts{display:flex;flex-wrap:wrap;gap:16px}
 """
 
 
-def _bokeh_dir() -> Path | None:
-    """The installed bokeh package's folder, found without importing it."""
+def _bokeh_scripts() -> Path | None:
+    """The installed bokeh package's folder, when it holds BokehJS, found without
+    importing bokeh (its Python side is never used)."""
     spec = importlib.util.find_spec("bokeh")
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(next(iter(spec.submodule_search_locations)))
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return folder if all((folder / name).is_file() for name in BOKEH_SCRIPTS) else None
 
 
 def available() -> bool:
     """Whether the report extra (Bokeh) is installed."""
-    folder = _bokeh_dir()
-    return folder is not None and all((folder / name).is_file() for name in BOKEH_SCRIPTS)
+    return _bokeh_scripts() is not None
 
 
 def require() -> Path:
-    folder = _bokeh_dir()
-    if folder is None or not all((folder / name).is_file() for name in BOKEH_SCRIPTS):
+    """The bokeh folder to copy BokehJS from; a one-line error saying how to get it."""
+    folder = _bokeh_scripts()
+    if folder is None:
         raise MissingExtraError(INSTALL_HINT)
     return folder
 
@@ -225,9 +227,10 @@ def _tiles(tiles: list[tuple[str, str, str]]) -> str:
 def _timeline_caption(view: RunView) -> str:
     if not view.bars:
         return "<p>No timings for this run.</p>"
+    retried = sum(1 for b in view.bars if b.retried)
     text = (
         f"{len(view.workers):,} worker process(es), one row each; {view.tasks_drawn:,} task(s) "
-        f"in {len(view.bars):,} bar(s); "
+        f"and {retried:,} earlier attempt(s) in {len(view.bars):,} bar(s); "
         "colour: outcome; hatched: an attempt that failed, or was abandoned (grey) when its "
         "worker pool restarted for another task, and ran again; "
         "hover a bar for its path, range, attempts, records and duration"

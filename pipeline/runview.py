@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.models import TaskSpec
+from pipeline.models import MALFORMED_SAMPLE_SIZE, TaskSpec
 from pipeline.store import merge
 from pipeline.store.ledger import Activity, Ledger
 from pipeline.store.lock import lock_holder
@@ -35,7 +35,7 @@ UNKNOWN_WORKER = "unknown"
 @dataclass(frozen=True, slots=True)
 class Bar:
     """One bar of the timeline; seconds from the run's start. ``outcome`` is the colour
-    (done | error | crashed | timeout); ``retried``: an attempt that failed and went round
+    (done | error | crashed | timeout | abandoned); ``retried``: an attempt that went round
     again; ``tasks`` > 1: a batch of files, or successful tasks merged for room."""
 
     worker: str
@@ -101,7 +101,8 @@ class RunView:
 
     @property
     def tasks_drawn(self) -> int:
-        return sum(bar.tasks for bar in self.bars)
+        """Tasks in the timeline (their last attempts: earlier ones are bars of their own)."""
+        return sum(bar.tasks for bar in self.bars if not bar.retried)
 
 
 def worker_order(worker: str) -> tuple[str, int, str]:
@@ -316,6 +317,6 @@ def load(out_dir: Path, ledger: Ledger | None = None, *, run_holds_lock: bool = 
             "no timeline"
         )
     view.stats = _read_json(out_dir / merge.STATS_NAME, {})
-    view.malformed = _read_jsonl(out_dir / merge.MALFORMED_NAME, limit=100)
+    view.malformed = _read_jsonl(out_dir / merge.MALFORMED_NAME, limit=MALFORMED_SAMPLE_SIZE)
     view.history = [history_entry(e, s) for e, s in zip(runs, statuses, strict=True)][::-1]
     return view
