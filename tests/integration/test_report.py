@@ -166,3 +166,12 @@ def test_a_report_from_an_old_ledger_shows_what_it_can(tmp_path: Path) -> None:
     assert "no timings" in page and "id='summary'" in page and "history-table" in page
     data = page_data(tmp_path / "old.html")
     assert data["timeline"] is None and data["history"]["run"] == ["#1"]
+    # The next run upgrades the ledger in place: its own page has its timeline, and the
+    # attempts table is back (the plugin's markers gone, its crash happens again).
+    for marker in ("crashed", "raised"):
+        (tmp_path / marker).unlink()
+    again = run_cli("run", str(config), "--full", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    data = page_data(tmp_path / "out" / "report.html")
+    assert data["timeline"]["workers"] and data["history"]["run"] == ["#1", "#2"]
+    assert set(data["timeline"]["bars"]["legend"]) >= {"done", "crashed, retried"}
