@@ -296,7 +296,8 @@ def hover_tooltips(driver: WebDriver, x: int, y: int, expect: str) -> list[dict[
 def colour_share(image: Image.Image, box: tuple[int, int, int, int], rgb: tuple[int, ...]) -> float:
     """The share of the pixels of ``box`` (left, top, right, bottom) that are ``rgb``
     (each channel within 3)."""
-    pixels = list(image.crop(box).get_flattened_data())
+    data = image.crop(box).convert("RGB").tobytes()  # any Pillow: r, g, b, r, g, b, ...
+    pixels = [data[i : i + 3] for i in range(0, len(data), 3)]
     close = sum(1 for p in pixels if all(abs(a - b) <= 3 for a, b in zip(p, rgb, strict=True)))
     return close / max(1, len(pixels))
 
