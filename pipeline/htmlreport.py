@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import MissingExtraError
+from pipeline.reporting import format_count
 from pipeline.runview import Bar, RunView
 from pipeline.store.atomic import atomic_write_bytes
 from pipeline.units import format_size
@@ -178,13 +179,8 @@ def _duration(seconds: float | None) -> str:
 
 
 def _number(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4g}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
+    """A count or stat as the console's summary writes it; a dash for none."""
+    return "–" if value is None else format_count(value)
 
 
 # --- HTML parts -------------------------------------------------------------------------

@@ -168,10 +168,8 @@ def settle(
 
 
 def error_results(batch: Batch, kind: str, message: str) -> list[TaskResult]:
-    return [
-        TaskResult(t.task_id, ok=False, error_kind=kind, error=f"{t.path}: {message}")
-        for t in batch.tasks
-    ]
+    """The batch's tasks failed with ``message``, when and where unknown."""
+    return Fault(kind, message).results(batch)
 
 
 def describe_exit(exitcode: int | None) -> str:
